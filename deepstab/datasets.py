@@ -1,0 +1,548 @@
+"""Dataset registry, loaders and checksummed downloads (DESIGN §8).
+
+Every loader returns ``(x, y)``: ``x`` float32 in NHWC layout with values in
+[0, 1], ``y`` int64 labels or ``None`` when the data has none.
+
+Files are looked for in the data directory, resolved in this order: the
+``data_dir`` argument, the ``DEEPSTAB_DATA`` environment variable, then
+``./data``. Each dataset has its own sub-folder (``usps/``, ``mnist/``, ...).
+Missing files are downloaded into that folder and checked against their
+sha256 before they are kept; set ``DEEPSTAB_OFFLINE=1`` (or pass
+``download=False``) to never touch the network.
+
+Example:
+
+>>> from deepstab import datasets
+>>> x, y = datasets.load("digits")
+>>> x.shape, x.dtype.name, int(y.max())
+((1797, 8, 8, 1), 'float32', 9)
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from deepstab.errors import DeepstabError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One file of a dataset: where it lives, where it comes from, its checksum.
+
+    ``content_sha256`` is the sha256 of the decompressed content when the file
+    is gzip-compressed and ``verify_content`` is set, so that a recompressed
+    copy of the same data is accepted; otherwise it is the file's own sha256.
+    """
+
+    name: str
+    sha256: str
+    url: str | None = None
+    verify_content: bool = False
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A registry entry: how a named dataset is found and read."""
+
+    name: str
+    shape: tuple[int, int, int]
+    n_classes: int | None
+    source: str
+    folder: str = ""
+    files: tuple[DataFile, ...] = field(default_factory=tuple)
+    reader: Callable[[Path], tuple[np.ndarray, np.ndarray | None]] | None = None
+    tfds_name: str | None = None
+    tfds_splits: tuple[str, ...] = ()
+
+
+def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
+    """Resolve the data directory: ``path``, else ``$DEEPSTAB_DATA``, else ``./data``."""
+    if path:
+        return Path(path).expanduser()
+    if os.environ.get("DEEPSTAB_DATA"):
+        return Path(os.environ["DEEPSTAB_DATA"]).expanduser()
+    return Path("data")
+
+
+def _downloads_allowed(download: bool | None) -> bool:
+    if download is not None:
+        return download
+    return os.environ.get("DEEPSTAB_OFFLINE", "").lower() not in ("1", "true", "yes")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _sha256_of(path: Path, decompress: bool) -> str:
+    digest = hashlib.sha256()
+    opener = gzip.open if decompress else open
+    try:
+        with opener(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DeepstabError(
+            f"The file {path} is corrupted or truncated ({exc}). Delete it and run again to "
+            f"download a fresh copy, or replace it with an intact one."
+        ) from exc
+    return digest.hexdigest()
+
+
+def verify(path: Path, spec: DataFile) -> None:
+    """Raise a :class:`DeepstabError` unless ``path`` matches ``spec``'s checksum."""
+    actual = _sha256_of(path, spec.verify_content)
+    if actual != spec.sha256:
+        what = "decompressed content" if spec.verify_content else "file"
+        raise DeepstabError(
+            f"Checksum mismatch for {path}: the sha256 of its {what} is {actual}, expected "
+            f"{spec.sha256}. The file is corrupted, truncated or a different version. Delete it "
+            f"and run again to download it{' from ' + spec.url if spec.url else ''}, or replace it "
+            f"with the original file."
+        )
+
+
+def download(spec: DataFile, folder: Path) -> Path:
+    """Download ``spec`` into ``folder``, verify it, then move it into place atomically."""
+    target = folder / spec.name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(prefix=f".{spec.name}.", suffix=".part", dir=folder)
+    except OSError as exc:
+        raise DeepstabError(
+            f"Cannot write to the data folder {folder} ({exc.strerror}). Point --data-dir or "
+            f"DEEPSTAB_DATA at a writable folder, or put {spec.name} there by hand."
+        ) from exc
+    try:
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(spec.url, timeout=60) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+        verify(Path(partial), spec)
+        os.replace(partial, target)
+    except (urllib.error.URLError, OSError) as exc:
+        raise DeepstabError(
+            f"Could not download {spec.url} ({getattr(exc, 'reason', exc)}). If this machine is "
+            f"offline, download the file elsewhere and put it at {target}."
+        ) from exc
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return target
+
+
+def fetch(dataset: Dataset, root: Path, download_missing: bool) -> Path:
+    """Make sure every file of ``dataset`` is in ``root/<folder>`` and intact."""
+    folder = root / dataset.folder
+    missing = [spec for spec in dataset.files if not (folder / spec.name).is_file()]
+    if missing and not (download_missing and all(spec.url for spec in missing)):
+        names = ", ".join(spec.name for spec in missing)
+        sources = "; ".join(f"{spec.name} from {spec.url}" for spec in missing if spec.url)
+        raise DeepstabError(
+            f"Dataset {dataset.name!r} is not available: {names} not found in {folder}. Put the "
+            f"files there (point --data-dir or DEEPSTAB_DATA at the folder that holds "
+            f"{dataset.folder}/){'; they can be downloaded: ' + sources if sources else ''}."
+        )
+    for spec in dataset.files:
+        if spec in missing:
+            download(spec, folder)
+        else:
+            verify(folder / spec.name, spec)
+    return folder
+
+
+# ------------------------------------------------------------------------- readers
+
+
+def _read_gzip(path: Path) -> bytes:
+    try:
+        with gzip.open(path, "rb") as handle:
+            return handle.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DeepstabError(
+            f"The file {path} is corrupted or truncated ({exc}). Delete it and run again to "
+            f"download a fresh copy, or replace it with an intact one."
+        ) from exc
+
+
+def read_usps_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one ``usps_*.jf.gz`` file: header ``10 256``, rows ``label v1..v256``, then ``-1``.
+
+    Pixel values lie in [0, 2] and are divided by 2.
+    """
+    lines = _read_gzip(path).decode("ascii", errors="replace").strip().splitlines()
+    bad = DeepstabError(
+        f"The file {path} is not a valid USPS file (expected a '10 256' header, rows of 257 "
+        f"numbers and a closing '-1'). Delete it and run again to download a fresh copy."
+    )
+    if len(lines) < 3 or lines[0].split() != ["10", "256"] or lines[-1].strip() != "-1":
+        raise bad
+    try:
+        values = np.array(" ".join(lines[1:-1]).split(), dtype=np.float32)
+    except ValueError as exc:
+        raise bad from exc
+    if values.size % 257:
+        raise bad
+    rows = values.reshape(-1, 257)
+    labels = rows[:, 0]
+    if np.any(labels != np.round(labels)) or labels.min() < 0 or labels.max() > 9:
+        raise bad
+    x = np.clip(rows[:, 1:] / 2.0, 0.0, 1.0).reshape(-1, 16, 16, 1)
+    return x.astype(np.float32), labels.astype(np.int64)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read a gzip-compressed IDX file (uint8 data, 1 or 3 dimensions)."""
+    raw = _read_gzip(path)
+    if len(raw) < 8 or raw[:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] not in (1, 3):
+        raise DeepstabError(f"The file {path} is not an IDX file of unsigned bytes. Replace it with the original.")
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DeepstabError(
+            f"The file {path} is truncated: its header promises {int(np.prod(shape))} bytes of data "
+            f"but it holds {data.size}. Delete it and replace it with an intact copy."
+        )
+    return data.reshape(shape)
+
+
+def _idx_pairs(folder: Path, prefixes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for prefix in prefixes:
+        images = read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")
+        labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")
+        if len(images) != len(labels):
+            raise DeepstabError(
+                f"{folder}: {prefix}-images holds {len(images)} images but {prefix}-labels holds "
+                f"{len(labels)} labels. Replace the files with a matching pair."
+            )
+        xs.append(images)
+        ys.append(labels)
+    x = np.concatenate(xs).astype(np.float32)[..., None] / 255.0
+    return x, np.concatenate(ys).astype(np.int64)
+
+
+def _read_usps(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    parts = [read_usps_file(folder / name) for name in ("usps_train.jf.gz", "usps_test.jf.gz")]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _read_digits(_: Path) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return (digits.images / 16.0).astype(np.float32)[..., None], digits.target.astype(np.int64)
+
+
+def _idx_names(prefixes: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{p}-{k}-idx{n}-ubyte.gz" for p in prefixes for k, n in (("images", 3), ("labels", 1)))
+
+
+def _mnist_files(prefixes: tuple[str, ...]) -> tuple[DataFile, ...]:
+    return tuple(DataFile(name, MNIST_SHA256[name], verify_content=True) for name in _idx_names(prefixes))
+
+
+# sha256 of the decompressed IDX content (../shared/data/README.md), so a recompressed copy passes.
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte.gz": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte.gz": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte.gz": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte.gz": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+USPS_URL = "http://www-i6.informatik.rwth-aachen.de/~keysers/"
+
+REGISTRY: dict[str, Dataset] = {
+    d.name: d
+    for d in (
+        Dataset(
+            "digits", (8, 8, 1), 10, "scikit-learn's bundled digits (1,797 images), no download", reader=_read_digits
+        ),
+        Dataset(
+            "usps",
+            (16, 16, 1),
+            10,
+            "USPS train+test (9,298), usps_{train,test}.jf.gz from RWTH Aachen, sha256-checked",
+            folder="usps",
+            files=(
+                DataFile(
+                    "usps_train.jf.gz",
+                    "5b73274db884db90c888291f9d58d777ec5d9487f84ff9039ccb0f4d6d766125",
+                    USPS_URL + "usps_train.jf.gz",
+                ),
+                DataFile(
+                    "usps_test.jf.gz",
+                    "29e95113f390aeb4a8327c3e0ff0b49a7f0dfd1a3fb44aba6377d64df223ed20",
+                    USPS_URL + "usps_test.jf.gz",
+                ),
+            ),
+            reader=_read_usps,
+        ),
+        Dataset(
+            "mnist",
+            (28, 28, 1),
+            10,
+            "MNIST train+test (70,000): IDX files in mnist/, else tensorflow-datasets 'mnist'",
+            folder="mnist",
+            files=_mnist_files(("train", "t10k")),
+            reader=lambda folder: _idx_pairs(folder, ("train", "t10k")),
+            tfds_name="mnist",
+            tfds_splits=("train", "test"),
+        ),
+        Dataset(
+            "mnist-test",
+            (28, 28, 1),
+            10,
+            "MNIST test split (10,000): IDX files in mnist/, else tensorflow-datasets 'mnist'",
+            folder="mnist",
+            files=_mnist_files(("t10k",)),
+            reader=lambda folder: _idx_pairs(folder, ("t10k",)),
+            tfds_name="mnist",
+            tfds_splits=("test",),
+        ),
+        Dataset(
+            "fmnist",
+            (28, 28, 1),
+            10,
+            "Fashion-MNIST train+test (70,000): IDX files in fmnist/, else tensorflow-datasets 'fashion_mnist'",
+            folder="fmnist",
+            reader=lambda folder: _idx_pairs(folder, ("train", "t10k")),
+            tfds_name="fashion_mnist",
+            tfds_splits=("train", "test"),
+        ),
+    )
+}
+
+FMNIST_FILES = _idx_names(("train", "t10k"))
+
+
+# ------------------------------------------------------------------- npz, folder
+
+
+def _as_unit_images(x: np.ndarray, origin: str) -> np.ndarray:
+    """Validate an image array and bring it to float32 NHWC in [0, 1]."""
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise DeepstabError(
+            f"{origin}: expected images shaped (N, H, W) or (N, H, W, C) with C = 1 or 3, got "
+            f"shape {x.shape}. Reshape the array to images before saving it."
+        )
+    if len(x) == 0:
+        raise DeepstabError(f"{origin}: the array holds no samples.")
+    if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
+        top = 255 if x.max() <= 255 else np.iinfo(x.dtype).max
+        return (x.astype(np.float32) / top).astype(np.float32)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DeepstabError(f"{origin}: expected numeric pixel values, got dtype {x.dtype}.")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise DeepstabError(
+            f"{origin}: {int(bad.sum())} pixel values are NaN or infinite (first in sample "
+            f"{int(np.argwhere(bad)[0][0])}). Remove or repair those samples before clustering."
+        )
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        warnings.warn(f"{origin}: values span [{lo:g}, {hi:g}]; rescaling them to [0, 1].", stacklevel=3)
+        x = (x - lo) / (hi - lo if hi > lo else 1.0)
+    return x.astype(np.float32)
+
+
+def _as_labels(y: np.ndarray, n: int, origin: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim == 2 and 1 in y.shape:
+        y = y.reshape(-1)
+    if y.ndim != 1 or len(y) != n:
+        raise DeepstabError(f"{origin}: 'y' must hold one label per sample ({n}), got shape {y.shape}.")
+    _, codes = np.unique(y, return_inverse=True)
+    return codes.astype(np.int64)
+
+
+def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a ``.npz`` file with an image array ``x`` and optional labels ``y``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeepstabError(f"npz file {path} does not exist. Give the path of a .npz file holding an array 'x'.")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zlib.error, EOFError) as exc:
+        raise DeepstabError(f"Cannot read {path} as a .npz archive ({exc}). Save it with numpy.savez(path, x=..., y=...).") from exc
+    if "x" not in arrays:
+        raise DeepstabError(f"{path} holds the arrays {sorted(arrays)} but no 'x'. Save the images under the name 'x'.")
+    x = _as_unit_images(arrays["x"], str(path))
+    y = _as_labels(arrays["y"], len(x), str(path)) if "y" in arrays else None
+    return x, y
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from skimage import io
+
+    try:
+        image = io.imread(path)
+    except Exception as exc:  # imageio/PIL raise many types for unreadable files
+        raise DeepstabError(f"Cannot read the image {path} ({exc}). Remove or replace it.") from exc
+    if image.ndim == 3 and image.shape[-1] == 4:
+        image = image[..., :3]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
+        raise DeepstabError(f"The image {path} has shape {image.shape}; expected grey (H, W) or colour (H, W, 3).")
+    return image
+
+
+def load_folder(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a folder of images: one sub-folder per class (labelled), or a flat folder (unlabelled).
+
+    All images must have the same height and width; grey images are stacked
+    as one channel unless some image is colour, then all become RGB.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DeepstabError(f"Image folder {root} does not exist. Give a folder of images or of class sub-folders.")
+
+    def images_in(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and images_in(p))
+    if classes:
+        files = [(f, label) for label, c in enumerate(classes) for f in images_in(c)]
+    else:
+        files = [(f, -1) for f in images_in(root)]
+    if not files:
+        raise DeepstabError(
+            f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {root} or its sub-folders."
+        )
+    images = [_read_image(f) for f, _ in files]
+    sizes: dict[tuple[int, int], Path] = {}
+    for (f, _), image in zip(files, images):
+        sizes.setdefault(image.shape[:2], f)
+    if len(sizes) > 1:
+        examples = "; ".join(f"{h}x{w} (e.g. {f})" for (h, w), f in list(sizes.items())[:3])
+        raise DeepstabError(
+            f"The images in {root} have mixed sizes: {examples}. Resize them all to one size "
+            f"(height x width) before clustering."
+        )
+    colour = any(image.ndim == 3 for image in images)
+    if colour:
+        images = [np.repeat(i[..., None], 3, axis=-1) if i.ndim == 2 else i for i in images]
+    x = _as_unit_images(np.stack(images), str(root))
+    y = np.array([label for _, label in files], dtype=np.int64) if classes else None
+    return x, y
+
+
+# ---------------------------------------------------------------------- tfds
+
+
+def _load_tfds(dataset: Dataset, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Build ``dataset`` with tensorflow-datasets (downloads into ``root/tfds``)."""
+    try:
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder(dataset.tfds_name, data_dir=str(root / "tfds"))
+        builder.download_and_prepare(file_format="array_record")
+        xs, ys = [], []
+        for split in dataset.tfds_splits:
+            source = builder.as_data_source(split=split)
+            xs.append(np.stack([np.asarray(item["image"]) for item in source]))
+            ys.append(np.array([int(item["label"]) for item in source]))
+    except Exception as exc:  # tfds surfaces network, build and format errors as many types
+        raise DeepstabError(
+            f"Dataset {dataset.name!r}: no local files in {root / dataset.folder} and "
+            f"tensorflow-datasets could not provide {dataset.tfds_name!r} ({type(exc).__name__}: "
+            f"{str(exc)[:200]}). Put the IDX files {', '.join(_expected_files(dataset))} in "
+            f"{root / dataset.folder}, or run once on a machine with internet access."
+        ) from exc
+    return _as_unit_images(np.concatenate(xs), dataset.name), np.concatenate(ys).astype(np.int64)
+
+
+# ------------------------------------------------------------------------ public
+
+
+def names() -> list[str]:
+    """Every registered dataset name (``npz:PATH`` and ``folder:PATH`` come on top)."""
+    return list(REGISTRY)
+
+
+def _expected_files(dataset: Dataset) -> list[str]:
+    return [f.name for f in dataset.files] or list(FMNIST_FILES)
+
+
+def _local_files_present(dataset: Dataset, root: Path) -> bool:
+    return all((root / dataset.folder / name).is_file() for name in _expected_files(dataset))
+
+
+def is_available(name: str, data_dir: str | os.PathLike | None = None) -> bool:
+    """Whether ``name`` can be loaded now without a download."""
+    dataset = REGISTRY[name]
+    return not dataset.folder or _local_files_present(dataset, resolve_data_dir(data_dir))
+
+
+def describe(data_dir: str | os.PathLike | None = None) -> list[dict[str, str]]:
+    """One row per dataset: name, image shape, source and availability (for ``cli.py datasets``)."""
+    root = resolve_data_dir(data_dir)
+    rows = []
+    for name, d in REGISTRY.items():
+        here = is_available(name, root)
+        where = f"files in {root / d.folder}" if d.folder else "bundled"
+        rows.append(
+            {
+                "name": name,
+                "shape": "x".join(map(str, d.shape)),
+                "source": d.source,
+                "available": f"yes ({where})" if here else f"no: put files in {root / d.folder} or allow download",
+            }
+        )
+    rows.append({"name": "npz:PATH", "shape": "any", "source": "a .npz file with 'x' (N,H,W[,C]) and optional 'y'", "available": "-"})
+    rows.append({"name": "folder:PATH", "shape": "any", "source": "a folder of class sub-folders of images, or a flat folder", "available": "-"})
+    return rows
+
+
+def load(
+    name: str, data_dir: str | os.PathLike | None = None, download: bool | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Load a dataset by name as ``(x, y)``: float32 NHWC in [0, 1] and labels (or ``None``).
+
+    Args:
+        name: a registered name (see :func:`names`), ``npz:PATH`` or ``folder:PATH``.
+        data_dir: where dataset files live; defaults to ``$DEEPSTAB_DATA``, then ``./data``.
+        download: whether missing files may be downloaded; defaults to yes unless
+            ``DEEPSTAB_OFFLINE=1``.
+    """
+    if not isinstance(name, str) or not name:
+        raise DeepstabError(f"Dataset name must be a non-empty string, got {name!r}.")
+    if name.startswith("npz:"):
+        return load_npz(name[4:])
+    if name.startswith("folder:"):
+        return load_folder(name[7:])
+    if name not in REGISTRY:
+        raise DeepstabError(
+            f"Unknown dataset {name!r}. Choose one of {', '.join(REGISTRY)}, or give 'npz:PATH' "
+            f"or 'folder:PATH' for your own data (`python cli.py datasets` lists them)."
+        )
+    dataset = REGISTRY[name]
+    if not dataset.folder:
+        return dataset.reader(Path("."))
+    root = resolve_data_dir(data_dir)
+    allowed = _downloads_allowed(download)
+    if _local_files_present(dataset, root) or not dataset.tfds_name:
+        return dataset.reader(fetch(dataset, root, allowed) if dataset.files else root / dataset.folder)
+    if not allowed:
+        raise DeepstabError(
+            f"Dataset {name!r} is not available offline: put the IDX files "
+            f"{', '.join(_expected_files(dataset))} in {root / dataset.folder} (point --data-dir or "
+            f"DEEPSTAB_DATA at the folder that holds {dataset.folder}/), or allow downloads "
+            f"through tensorflow-datasets (unset DEEPSTAB_OFFLINE)."
+        )
+    return _load_tfds(dataset, root)

@@ -1,0 +1,313 @@
+"""DECS: deep embedding clustering driven by sample stability (IJCAI 2024).
+
+Stage 1 pretrains a convolutional autoencoder on augmented images with MSE
+(:class:`ConvAutoencoder`). Stage 2 (:class:`DECS`) initialises the centroids
+with k-means on the embeddings and trains encoder and centroids with the
+stability loss: Student-t soft assignments ``q`` (Eq. 5), Otsu's threshold
+``t`` of the batch's ``q`` (no gradient), determinacy (Eq. 6), stability
+(Eq. 7) and ``L_c = 1 - mean_i s_i`` (Eq. 8), plus optional terms.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import torch
+from keras import ops
+
+from deepstab.augment import RandomShiftRotation
+from deepstab.errors import DeepstabError
+from deepstab.kmeans import kmeans
+from deepstab.layers import ClusteringLayer
+from deepstab.losses import VARIANTS, decs_loss, size_prior
+from deepstab.metrics import cluster_sizes
+from deepstab.networks import DEFAULT_FILTERS, build_conv_autoencoder
+from deepstab.thresholds import otsu_threshold
+
+
+def _images(data):
+    """The images of a batch given as ``x``, ``(x,)`` or ``(x, y[, w])``."""
+    return data[0] if isinstance(data, (tuple, list)) else data
+
+
+def _apply_gradients(model: keras.Model, loss, variables: list) -> None:
+    """Back-propagate ``loss`` and let the model's optimizer update ``variables``."""
+    model.zero_grad()
+    loss.backward()
+    with torch.no_grad():
+        model.optimizer.apply([v.value.grad for v in variables], variables)
+
+
+@keras.saving.register_keras_serializable(package="deepstab")
+class ClusterBalance(keras.metrics.Metric):
+    """Hard-assignment counts over an epoch, reported as the number of non-empty
+    clusters and the smallest cluster's share of the data (collapse signals)."""
+
+    def __init__(self, n_clusters: int, name: str = "cluster_balance", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.n_clusters = int(n_clusters)
+        self.counts = self.add_variable(shape=(self.n_clusters,), initializer="zeros", name="counts")
+
+    def update_state(self, q):
+        self.counts.assign_add(ops.sum(ops.one_hot(ops.argmax(q, axis=1), self.n_clusters), axis=0))
+
+    def result(self):
+        total = ops.maximum(ops.sum(self.counts), 1.0)
+        return {
+            "clusters_alive": ops.sum(ops.cast(self.counts > 0, "float32")),
+            "min_cluster_share": ops.min(self.counts) / total,
+        }
+
+    def reset_state(self):
+        self.counts.assign(ops.zeros((self.n_clusters,)))
+
+    def get_config(self):
+        return {**super().get_config(), "n_clusters": self.n_clusters}
+
+
+@keras.saving.register_keras_serializable(package="deepstab")
+class ConvAutoencoder(keras.Model):
+    """The DECS convolutional autoencoder, pretrained on augmented images with MSE.
+
+    Args:
+        input_shape: image shape (H, W, C).
+        embedding_dim: size of the embedding (DECS: 10).
+        filters: the encoder's four convolution widths.
+        shift: largest random shift, as a share of width and height (0 disables).
+        rotation: largest random rotation in degrees (0 disables).
+
+    Example:
+
+    >>> import numpy as np
+    >>> ae = ConvAutoencoder((8, 8, 1), filters=(4, 4, 4, 4))
+    >>> ae.compile(optimizer="adam")
+    >>> history = ae.fit(np.random.rand(32, 8, 8, 1).astype("float32"), epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['loss']
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        embedding_dim: int = 10,
+        filters: tuple[int, ...] = DEFAULT_FILTERS,
+        shift: float = 0.1,
+        rotation: float = 10.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.image_shape = tuple(int(s) for s in input_shape)
+        self.embedding_dim = int(embedding_dim)
+        self.filters = tuple(int(f) for f in filters)
+        self.shift, self.rotation = float(shift), float(rotation)
+        self.encoder, self.decoder = build_conv_autoencoder(self.image_shape, self.embedding_dim, self.filters)
+        self.augment = RandomShiftRotation(self.shift, self.rotation, name="augment")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.built = True
+
+    def call(self, x, training=False):
+        return self.decoder(self.encoder(x, training=training), training=training)
+
+    def augmented(self, x):
+        """A randomly shifted and rotated copy of the batch ``x``."""
+        return self.augment(x, training=True)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def train_step(self, data):
+        """One step of stage 1: MSE between augmented images and their reconstruction."""
+        x = self.augmented(_images(data))
+        loss = ops.mean(ops.square(self(x, training=True) - x))
+        _apply_gradients(self, loss, self.trainable_weights)
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, data):
+        x = _images(data)
+        self.loss_tracker.update_state(ops.mean(ops.square(self(x) - x)))
+        return {"loss": self.loss_tracker.result()}
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "input_shape": self.image_shape,
+            "embedding_dim": self.embedding_dim,
+            "filters": self.filters,
+            "shift": self.shift,
+            "rotation": self.rotation,
+        }
+
+
+@keras.saving.register_keras_serializable(package="deepstab")
+class DECS(keras.Model):
+    """DECS clustering model: encoder + Student-t centroids, trained with the stability loss.
+
+    ``model.predict(x)`` returns soft assignments ``q``; :meth:`predict_labels`
+    returns ``argmax_j q_ij``.
+
+    Args:
+        n_clusters: number of clusters K.
+        input_shape: image shape (H, W, C).
+        embedding_dim, filters, shift, rotation: see :class:`ConvAutoencoder`.
+        alpha: Student-t degrees of freedom α (Eq. 5; paper 1.0, authors' code 0.5).
+        variant: ``"paper"`` (Eqs. 6-8) or ``"reference"`` (the authors' released code).
+        lam: λ of Eq. 7; ``None`` takes the variant's default (0.8 paper, 0.4 reference).
+        recon_weight: weight of the reconstruction term ``L_r`` of Eq. 1 in stage 2
+            (0 drops it, as the authors' code does).
+        size_prior: weight of ``KL(mean q || uniform)``, an optional guard against
+            collapse that is not part of DECS (0 disables).
+        nbins: histogram bins for Otsu's threshold (authors' code: 1000).
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.random.rand(64, 8, 8, 1).astype("float32")
+    >>> model = DECS(n_clusters=3, input_shape=(8, 8, 1), filters=(4, 4, 4, 4))
+    >>> _ = model.pretrain(x, epochs=1, verbose=0)
+    >>> model.compile(optimizer="adam")
+    >>> _ = model.fit(x, epochs=1, batch_size=32, verbose=0)  # k-means initialisation first
+    >>> model.predict_labels(x).shape
+    (64,)
+    """
+
+    def __init__(
+        self,
+        n_clusters: int,
+        input_shape: tuple[int, int, int],
+        embedding_dim: int = 10,
+        filters: tuple[int, ...] = DEFAULT_FILTERS,
+        alpha: float = 1.0,
+        variant: str = "paper",
+        lam: float | None = None,
+        recon_weight: float = 0.0,
+        size_prior: float = 0.0,
+        nbins: int = 1000,
+        shift: float = 0.1,
+        rotation: float = 10.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if variant not in VARIANTS:
+            raise DeepstabError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}.")
+        for name, value in (("recon_weight", recon_weight), ("size_prior", size_prior)):
+            if value < 0:
+                raise DeepstabError(f"{name} must be zero or positive, got {value!r}.")
+        if int(n_clusters) < 2:
+            raise DeepstabError(f"n_clusters must be at least 2, got {n_clusters!r}.")
+        self.n_clusters = int(n_clusters)
+        self.variant, self.lam = variant, None if lam is None else float(lam)
+        self.recon_weight, self.size_prior_weight = float(recon_weight), float(size_prior)
+        self.nbins = int(nbins)
+        self.autoencoder = ConvAutoencoder(input_shape, embedding_dim, filters, shift, rotation)
+        self.clustering = ClusteringLayer(self.n_clusters, alpha, name="clustering")
+        self.clustering.build((None, self.autoencoder.embedding_dim))
+        self.centroids_ready = self.add_weight(
+            name="centroids_ready", shape=(), initializer="zeros", trainable=False, dtype="float32"
+        )
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.threshold_tracker = keras.metrics.Mean(name="threshold")
+        self.balance = ClusterBalance(self.n_clusters)
+        self.built = True
+
+    # ------------------------------------------------------------------ forward
+
+    @property
+    def encoder(self) -> keras.Model:
+        return self.autoencoder.encoder
+
+    def call(self, x, training=False):
+        """Soft assignments ``q`` (Eq. 5) of the images ``x``."""
+        return self.clustering(self.encoder(x, training=training))
+
+    def embed(self, x, batch_size: int = 1024) -> np.ndarray:
+        """Embeddings ``z`` of ``x`` as a NumPy array."""
+        return self.encoder.predict(x, batch_size=batch_size, verbose=0)
+
+    def predict_labels(self, x, batch_size: int = 1024) -> np.ndarray:
+        """Hard cluster labels ``argmax_j q_ij``."""
+        return np.argmax(self.predict(x, batch_size=batch_size, verbose=0), axis=1)
+
+    # ------------------------------------------------------------------- stages
+
+    def pretrain(self, x, epochs: int = 500, batch_size: int = 256, optimizer=None, **fit_kwargs):
+        """Stage 1: train the autoencoder on augmented ``x`` with MSE (Adam, lr 1e-3).
+
+        Returns the Keras ``History``.
+        """
+        self.autoencoder.compile(optimizer=optimizer or keras.optimizers.Adam(1e-3))
+        return self.autoencoder.fit(x, epochs=epochs, batch_size=batch_size, **fit_kwargs)
+
+    def initialize_centroids(self, x, n_init: int = 20, seed: int | None = None) -> np.ndarray:
+        """Set the centroids to k-means centres of the embeddings of ``x``; return its labels."""
+        centres, labels = kmeans(self.embed(x), self.n_clusters, n_init=n_init, seed=seed)
+        self.clustering.centroids.assign(centres)
+        self.centroids_ready.assign(1.0)
+        return labels
+
+    def fit(self, x=None, y=None, **kwargs):
+        """Stage 2 through ``keras.Model.fit``; k-means initialises the centroids first
+        when they were never set (``x`` must then be an array)."""
+        if float(ops.convert_to_numpy(self.centroids_ready)) == 0.0:
+            if not isinstance(x, np.ndarray):
+                raise DeepstabError(
+                    "DECS.fit needs initialised centroids: call model.initialize_centroids(x) "
+                    "first, or pass x as a NumPy array."
+                )
+            self.initialize_centroids(x)
+        return super().fit(x, y, **kwargs)
+
+    # -------------------------------------------------------------- train step
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.threshold_tracker, self.balance]
+
+    def _clustering_variables(self) -> list:
+        variables = self.encoder.trainable_weights + self.clustering.trainable_weights
+        return variables + self.autoencoder.decoder.trainable_weights if self.recon_weight else variables
+
+    def train_step(self, data):
+        """One clustering iteration of DECS on an augmented batch."""
+        x = self.autoencoder.augmented(_images(data))
+        z = self.encoder(x, training=True)
+        q = self.clustering(z)  # Eq. 5
+        t = otsu_threshold(q, self.nbins, value_range=(0.0, 1.0))  # constant threshold
+        loss = decs_loss(q, t, self.variant, self.lam)  # Eqs. 6-8
+        if self.recon_weight:  # Eq. 1: L = L_r + L_c
+            loss = loss + self.recon_weight * ops.mean(ops.square(self.autoencoder.decoder(z, training=True) - x))
+        if self.size_prior_weight:
+            loss = loss + self.size_prior_weight * size_prior(q)
+        _apply_gradients(self, loss, self._clustering_variables())
+        self.loss_tracker.update_state(loss)
+        self.threshold_tracker.update_state(t)
+        self.balance.update_state(q)
+        return self.get_metrics_result()
+
+    def test_step(self, data):
+        q = self(_images(data))
+        self.balance.update_state(q)
+        return self.get_metrics_result()
+
+    def cluster_summary(self, x) -> dict[str, object]:
+        """Cluster sizes of the hard labels of ``x`` (see :func:`deepstab.metrics.cluster_sizes`)."""
+        return cluster_sizes(self.predict_labels(x), self.n_clusters)
+
+    def get_config(self):
+        ae = self.autoencoder
+        return {
+            **super().get_config(),
+            "n_clusters": self.n_clusters,
+            "input_shape": ae.image_shape,
+            "embedding_dim": ae.embedding_dim,
+            "filters": ae.filters,
+            "alpha": self.clustering.alpha,
+            "variant": self.variant,
+            "lam": self.lam,
+            "recon_weight": self.recon_weight,
+            "size_prior": self.size_prior_weight,
+            "nbins": self.nbins,
+            "shift": ae.shift,
+            "rotation": ae.rotation,
+        }

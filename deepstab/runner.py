@@ -1,0 +1,274 @@
+"""A DECS run from data to saved model: what ``python cli.py decs`` does, callable from Python.
+
+Example:
+
+>>> from deepstab.runner import DECSRun, run_decs
+>>> result = run_decs(DECSRun(dataset="digits", preset="quick", output="/tmp/decs-digits.keras"))  # doctest: +SKIP
+>>> result.metrics["acc"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from deepstab import datasets
+from deepstab.callbacks import COLLAPSE_ACTIONS, CollapseGuard, LabelMetrics
+from deepstab.decs import DECS, ConvAutoencoder
+from deepstab.errors import DeepstabError
+from deepstab.losses import VARIANTS
+from deepstab.metrics import cluster_sizes, evaluate
+from deepstab.saving import load_model, save_model
+
+# Schedules. "paper": DECS's own (500 pretraining epochs at batch 256, 10,000
+# clustering iterations). "default" reaches the same number of pretraining
+# updates in far fewer epochs through a smaller batch (see README, "Schedules").
+PRESETS: dict[str, dict[str, int]] = {
+    "default": {"pretrain_epochs": 60, "pretrain_batch_size": 32, "iterations": 3000},
+    "paper": {"pretrain_epochs": 500, "pretrain_batch_size": 256, "iterations": 10000},
+    "quick": {"pretrain_epochs": 20, "pretrain_batch_size": 32, "iterations": 500},
+}
+
+
+@dataclass
+class DECSRun:
+    """Everything that defines a DECS run; ``None`` fields take the preset's value."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    preset: str = "default"
+    n_clusters: int | None = None
+    pretrain_epochs: int | None = None
+    pretrain_batch_size: int | None = None
+    iterations: int | None = None
+    batch_size: int = 256
+    lr: float = 1e-3
+    variant: str = "paper"
+    alpha: float = 1.0
+    lam: float | None = None
+    recon_weight: float = 0.0
+    size_prior: float = 0.0
+    on_collapse: str = "restore"
+    collapse_share: float = 0.25
+    seed: int = 0
+    output: str | None = None
+    models_dir: str = "models"
+    eval_every: int = 10
+    verbose: int | str = "auto"
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise DeepstabError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}.")
+        for key, value in PRESETS[self.preset].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.variant not in VARIANTS:
+            raise DeepstabError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}.")
+        if self.on_collapse not in COLLAPSE_ACTIONS:
+            raise DeepstabError(f"on_collapse must be one of {', '.join(COLLAPSE_ACTIONS)}, got {self.on_collapse!r}.")
+        for name in ("pretrain_epochs", "iterations"):
+            if getattr(self, name) < 0:
+                raise DeepstabError(f"{name} must be zero or positive, got {getattr(self, name)}.")
+        for name in ("pretrain_batch_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise DeepstabError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        if not self.alpha > 0:
+            raise DeepstabError(f"alpha must be positive, got {self.alpha}.")
+        if not self.lr > 0:
+            raise DeepstabError(f"lr must be positive, got {self.lr}.")
+
+    @property
+    def slug(self) -> str:
+        """The dataset name made safe for file names."""
+        return "".join(c if c.isalnum() or c in "-_" else "_" for c in self.dataset.split(":")[-1].strip("/"))[-60:]
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.output) if self.output else Path(self.models_dir) / f"decs-{self.slug}.keras"
+
+    @property
+    def autoencoder_path(self) -> Path:
+        """Where the pretrained autoencoder of this dataset, schedule and seed is kept for reuse."""
+        name = f"decs-{self.slug}-ae-{self.pretrain_epochs}ep-b{self.pretrain_batch_size}-seed{self.seed}.keras"
+        return Path(self.models_dir) / name
+
+
+@dataclass
+class DECSResult:
+    """What a run produced: the model, its labels, and what was measured."""
+
+    model: DECS
+    labels: np.ndarray
+    confidence: np.ndarray
+    metrics: dict[str, float] | None
+    sizes: dict[str, object]
+    collapsed_epoch: int | None
+    restored_epoch: int | None
+    iterations_run: int
+    pretrain_seconds: float
+    cluster_seconds: float
+    history: dict[str, list] = field(default_factory=dict)
+    model_path: Path | None = None
+    labels_path: Path | None = None
+
+
+def write_labels_csv(path: Path, labels: np.ndarray, confidence: np.ndarray, truth: np.ndarray | None) -> Path:
+    """Write ``index,cluster,confidence[,label]`` rows to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(["index", "cluster", "confidence"] + (["label"] if truth is not None else []))
+            for i, (label, conf) in enumerate(zip(labels, confidence)):
+                writer.writerow([i, int(label), f"{conf:.6f}"] + ([int(truth[i])] if truth is not None else []))
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return path
+
+
+def _n_clusters(run: DECSRun, y: np.ndarray | None, n_samples: int) -> int:
+    if run.n_clusters is not None:
+        k = run.n_clusters
+    elif run.dataset in datasets.REGISTRY and datasets.REGISTRY[run.dataset].n_classes:
+        k = datasets.REGISTRY[run.dataset].n_classes
+    elif y is not None:
+        k = len(np.unique(y))
+    else:
+        raise DeepstabError(f"Dataset {run.dataset!r} has no labels, so the number of clusters is unknown: pass --n-clusters.")
+    if k < 2:
+        raise DeepstabError(f"n_clusters must be at least 2, got {k}.")
+    if k > n_samples:
+        raise DeepstabError(
+            f"n_clusters={k} is larger than the number of samples ({n_samples}). Use at most {n_samples} clusters or give more data."
+        )
+    return k
+
+
+def _backup_dir(path: Path) -> Path:
+    return path.parent / f".backup-{path.stem}"
+
+
+def _pretrained_autoencoder(run: DECSRun, model: DECS, x: np.ndarray) -> float:
+    """Load the saved autoencoder for this run, or pretrain and save it; return seconds spent."""
+    path = run.autoencoder_path
+    if path.exists():
+        saved = load_model(path, expect=ConvAutoencoder)
+        if saved.image_shape != model.autoencoder.image_shape:
+            raise DeepstabError(
+                f"The saved autoencoder {path} expects images of shape {saved.image_shape}, but "
+                f"{run.dataset!r} has {model.autoencoder.image_shape}. Delete it or use another --models-dir."
+            )
+        model.autoencoder.set_weights(saved.get_weights())
+        print(f"Reusing the pretrained autoencoder {path}")
+        return 0.0
+    print(f"Pretraining the autoencoder: {run.pretrain_epochs} epochs, batch {run.pretrain_batch_size}")
+    start = time.perf_counter()
+    backup = keras.callbacks.BackupAndRestore(str(_backup_dir(path)))
+    model.pretrain(
+        x,
+        epochs=run.pretrain_epochs,
+        batch_size=run.pretrain_batch_size,
+        optimizer=keras.optimizers.Adam(run.lr),
+        callbacks=[backup],
+        verbose=run.verbose,
+    )
+    seconds = time.perf_counter() - start
+    save_model(model.autoencoder, path)
+    return seconds
+
+
+def run_decs(run: DECSRun) -> DECSResult:
+    """Load the data, pretrain (or reuse) the autoencoder, cluster with DECS,
+    evaluate the final model, and save the model and its labels."""
+    keras.utils.set_random_seed(run.seed)
+    x, y = datasets.load(run.dataset, run.data_dir)
+    k = _n_clusters(run, y, len(x))
+    model = DECS(
+        n_clusters=k,
+        input_shape=x.shape[1:],
+        alpha=run.alpha,
+        variant=run.variant,
+        lam=run.lam,
+        recon_weight=run.recon_weight,
+        size_prior=run.size_prior,
+    )
+    pretrain_seconds = _pretrained_autoencoder(run, model, x)
+
+    start = time.perf_counter()
+    init_labels = model.initialize_centroids(x, seed=run.seed)
+    if y is not None:
+        print("k-means on the pretrained embeddings: " + _format(evaluate(y, init_labels)))
+    steps = int(np.ceil(len(x) / run.batch_size))
+    epochs = int(np.ceil(run.iterations / steps)) if run.iterations else 0
+    guard = CollapseGuard(k, run.collapse_share, run.on_collapse)
+    callbacks: list = [guard, keras.callbacks.BackupAndRestore(str(_backup_dir(run.model_path)))]
+    if y is not None:
+        callbacks.insert(0, LabelMetrics(x, y, run.eval_every))
+    model.compile(optimizer=keras.optimizers.Adam(run.lr))
+    history = {}
+    if epochs:
+        print(f"Clustering: {epochs} epochs of {steps} iterations (batch {run.batch_size}), variant {run.variant!r}")
+        history = model.fit(x, batch_size=run.batch_size, epochs=epochs, callbacks=callbacks, verbose=run.verbose).history
+    cluster_seconds = time.perf_counter() - start
+
+    q = model.predict(x, batch_size=1024, verbose=0)
+    labels = np.argmax(q, axis=1)
+    result = DECSResult(
+        model=model,
+        labels=labels,
+        confidence=q.max(axis=1),
+        metrics=evaluate(y, labels) if y is not None else None,
+        sizes=cluster_sizes(labels, k),
+        collapsed_epoch=guard.collapsed_epoch,
+        restored_epoch=guard.restored_epoch,
+        iterations_run=len(history.get("loss", [])) * steps,
+        pretrain_seconds=pretrain_seconds,
+        cluster_seconds=cluster_seconds,
+        history=history,
+    )
+    result.model_path = save_model(model, run.model_path)
+    result.labels_path = write_labels_csv(run.model_path.with_suffix(".csv"), labels, result.confidence, y)
+    return result
+
+
+def _format(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k.upper()} {v:.4f}" for k, v in metrics.items())
+
+
+def summary(run: DECSRun, result: DECSResult) -> str:
+    """The lines the command line prints at the end of a run."""
+    lines = [f"DECS on {run.dataset}: {len(result.labels)} samples, {result.model.n_clusters} clusters, variant {run.variant!r}"]
+    if result.metrics:
+        lines.append("Final model: " + _format(result.metrics))
+    sizes = result.sizes
+    lines.append(
+        f"Cluster sizes: {sizes['counts']} ({sizes['n_nonempty']} non-empty, smallest {sizes['min_share']:.1%}, largest {sizes['max_share']:.1%})"
+    )
+    if result.collapsed_epoch is not None:
+        what = {
+            "restore": f"stopped and restored the weights of epoch {result.restored_epoch + 1}"
+            if result.restored_epoch is not None
+            else "stopped and restored the k-means initialisation",
+            "stop": "stopped",
+            "warn": "went on",
+        }[run.on_collapse]
+        lines.append(
+            f"WARNING: the clustering collapsed at epoch {result.collapsed_epoch + 1} (a cluster emptied or fell "
+            f"below {run.collapse_share:.0%} of an even share); training {what}. See README, 'Collapse'."
+        )
+    lines.append(
+        f"Iterations run: {result.iterations_run}; wall time: pretraining {result.pretrain_seconds:.0f} s, "
+        f"clustering {result.cluster_seconds:.0f} s"
+    )
+    lines.append(f"Saved the model to {result.model_path} and the labels to {result.labels_path}")
+    return "\n".join(lines)

@@ -1,0 +1,221 @@
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+from conftest import write_idx, write_usps
+from PIL import Image
+
+from deepstab import datasets
+from deepstab.errors import DeepstabError
+
+
+def test_digits_is_bundled():
+    x, y = datasets.load("digits")
+    assert x.shape == (1797, 8, 8, 1) and x.dtype == np.float32
+    assert x.min() == 0.0 and x.max() == 1.0
+    assert sorted(np.unique(y)) == list(range(10))
+
+
+def test_usps_from_shared_data(shared_data):
+    x, y = datasets.load("usps", shared_data)
+    assert x.shape == (9298, 16, 16, 1) and y.shape == (9298,)
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert np.bincount(y).tolist()[:2] == [1553, 1269]
+
+
+def test_mnist_and_mnist_test_from_shared_data(shared_data):
+    x, y = datasets.load("mnist-test", shared_data)
+    assert x.shape == (10000, 28, 28, 1) and np.bincount(y).sum() == 10000
+    x_all, y_all = datasets.load("mnist", shared_data)
+    assert x_all.shape == (70000, 28, 28, 1)
+    np.testing.assert_array_equal(x_all[60000:], x)  # the test split comes last
+
+
+def test_data_dir_resolution_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPSTAB_DATA", str(tmp_path / "env"))
+    assert datasets.resolve_data_dir(tmp_path / "explicit") == tmp_path / "explicit"
+    assert datasets.resolve_data_dir() == tmp_path / "env"
+    monkeypatch.delenv("DEEPSTAB_DATA")
+    assert str(datasets.resolve_data_dir()) == "data"
+
+
+def test_unknown_name_lists_the_choices():
+    with pytest.raises(DeepstabError, match="Unknown dataset 'nope'.*usps"):
+        datasets.load("nope")
+
+
+def test_missing_offline_names_files_and_folder(tmp_path):
+    with pytest.raises(DeepstabError, match=r"usps_train\.jf\.gz.*not found in .*usps"):
+        datasets.load("usps", tmp_path, download=False)
+    with pytest.raises(DeepstabError, match=r"t10k-images-idx3-ubyte\.gz.*mnist"):
+        datasets.load("mnist-test", tmp_path, download=False)
+
+
+def test_checksum_mismatch_on_a_local_file(tmp_path, shared_data):
+    folder = tmp_path / "usps"
+    folder.mkdir()
+    shutil.copy(shared_data / "usps" / "usps_test.jf.gz", folder)
+    rng = np.random.default_rng(0)
+    write_usps(folder / "usps_train.jf.gz", rng.random((5, 16, 16)), np.arange(5))
+    with pytest.raises(DeepstabError, match="Checksum mismatch.*usps_train"):
+        datasets.load("usps", tmp_path, download=False)
+
+
+def test_truncated_gzip_is_reported(tmp_path, shared_data):
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    shutil.copy(shared_data / "mnist" / "t10k-labels-idx1-ubyte.gz", folder)
+    data = (shared_data / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes()
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DeepstabError, match="corrupted or truncated"):
+        datasets.load("mnist-test", tmp_path)
+
+
+def test_download_verifies_and_places_the_file(tmp_path, shared_data, monkeypatch):
+    spec = datasets.REGISTRY["usps"]
+    local = [datasets.DataFile(f.name, f.sha256, (shared_data / "usps" / f.name).as_uri()) for f in spec.files]
+    monkeypatch.setitem(datasets.REGISTRY, "usps", datasets.Dataset(**{**spec.__dict__, "files": tuple(local)}))
+    x, _ = datasets.load("usps", tmp_path / "cache", download=True)
+    assert x.shape == (9298, 16, 16, 1)
+    assert sorted(p.name for p in (tmp_path / "cache" / "usps").iterdir()) == ["usps_test.jf.gz", "usps_train.jf.gz"]
+
+
+def test_download_with_wrong_checksum_leaves_nothing(tmp_path, shared_data, monkeypatch):
+    spec = datasets.REGISTRY["usps"]
+    bad = tuple(datasets.DataFile(f.name, "0" * 64, (shared_data / "usps" / f.name).as_uri()) for f in spec.files)
+    monkeypatch.setitem(datasets.REGISTRY, "usps", datasets.Dataset(**{**spec.__dict__, "files": bad}))
+    with pytest.raises(DeepstabError, match="Checksum mismatch"):
+        datasets.load("usps", tmp_path, download=True)
+    assert list((tmp_path / "usps").iterdir()) == []
+
+
+def test_download_failure_says_where_to_put_the_file(tmp_path, monkeypatch):
+    spec = datasets.REGISTRY["usps"]
+    gone = tuple(datasets.DataFile(f.name, f.sha256, (tmp_path / "absent" / f.name).as_uri()) for f in spec.files)
+    monkeypatch.setitem(datasets.REGISTRY, "usps", datasets.Dataset(**{**spec.__dict__, "files": gone}))
+    with pytest.raises(DeepstabError, match="Could not download.*put it at"):
+        datasets.load("usps", tmp_path / "cache", download=True)
+
+
+def test_usps_reader_on_generated_and_malformed_files(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.random((7, 16, 16)).round(3)
+    write_usps(tmp_path / "ok.jf.gz", x, np.arange(7) % 10)
+    images, labels = datasets.read_usps_file(tmp_path / "ok.jf.gz")
+    assert images.shape == (7, 16, 16, 1) and labels.tolist() == list(range(7))
+    np.testing.assert_allclose(images[..., 0], x, atol=1e-3)
+    with gzip.open(tmp_path / "bad.jf.gz", "wt") as out:
+        out.write("10 256\n1 2 3\n-1\n")
+    with pytest.raises(DeepstabError, match="not a valid USPS file"):
+        datasets.read_usps_file(tmp_path / "bad.jf.gz")
+
+
+def test_local_fmnist_idx_files_and_truncation(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "fmnist"
+    for prefix, n in (("train", 6), ("t10k", 4)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n))
+    x, y = datasets.load("fmnist", tmp_path)
+    assert x.shape == (10, 28, 28, 1) and y.tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
+    raw = gzip.decompress((folder / "t10k-images-idx3-ubyte.gz").read_bytes())
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:-100]))
+    with pytest.raises(DeepstabError, match="truncated"):
+        datasets.load("fmnist", tmp_path)
+
+
+def test_fmnist_offline_without_files(tmp_path):
+    with pytest.raises(DeepstabError, match="not available offline.*train-images-idx3-ubyte.gz"):
+        datasets.load("fmnist", tmp_path, download=False)
+
+
+# ------------------------------------------------------------------------ npz
+
+
+def test_npz_uint8_and_labels(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.full((3, 5, 5), 255, np.uint8), y=np.array(["b", "a", "b"]))
+    x, y = datasets.load(f"npz:{path}")
+    assert x.shape == (3, 5, 5, 1) and x.max() == 1.0 and y.tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_npz_with_non_finite_values(tmp_path, bad):
+    x = np.zeros((4, 6, 6), np.float32)
+    x[2, 1, 1] = bad
+    np.savez(tmp_path / "d.npz", x=x)
+    with pytest.raises(DeepstabError, match="NaN or infinite.*sample 2"):
+        datasets.load(f"npz:{tmp_path / 'd.npz'}")
+
+
+def test_npz_errors(tmp_path):
+    np.savez(tmp_path / "nox.npz", images=np.zeros((2, 4, 4)))
+    with pytest.raises(DeepstabError, match="no 'x'"):
+        datasets.load(f"npz:{tmp_path / 'nox.npz'}")
+    np.savez(tmp_path / "flat.npz", x=np.zeros((2, 16)))
+    with pytest.raises(DeepstabError, match="expected images shaped"):
+        datasets.load(f"npz:{tmp_path / 'flat.npz'}")
+    np.savez(tmp_path / "y.npz", x=np.zeros((2, 4, 4)), y=np.zeros(3))
+    with pytest.raises(DeepstabError, match="one label per sample"):
+        datasets.load(f"npz:{tmp_path / 'y.npz'}")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DeepstabError, match="Cannot read"):
+        datasets.load(f"npz:{tmp_path / 'junk.npz'}")
+    with pytest.raises(DeepstabError, match="does not exist"):
+        datasets.load(f"npz:{tmp_path / 'absent.npz'}")
+
+
+def test_npz_float_out_of_range_is_rescaled(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.linspace(-1, 3, 2 * 16).reshape(2, 4, 4))
+    with pytest.warns(UserWarning, match="rescaling"):
+        x, _ = datasets.load(f"npz:{tmp_path / 'd.npz'}")
+    assert x.min() == 0.0 and x.max() == 1.0
+
+
+# --------------------------------------------------------------------- folder
+
+
+def _save(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_folder_with_class_subfolders(tmp_path):
+    for label in ("cat", "dog"):
+        for i in range(3):
+            _save(tmp_path / label / f"{i}.png", np.full((6, 7), 40 * i, np.uint8))
+    x, y = datasets.load(f"folder:{tmp_path}")
+    assert x.shape == (6, 6, 7, 1) and y.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_flat_folder_mixing_grey_and_colour(tmp_path):
+    _save(tmp_path / "a.png", np.zeros((5, 5), np.uint8))
+    _save(tmp_path / "b.png", np.full((5, 5, 3), 255, np.uint8))
+    x, y = datasets.load(f"folder:{tmp_path}")
+    assert x.shape == (2, 5, 5, 3) and y is None and x[1].min() == 1.0
+
+
+def test_folder_with_mixed_sizes(tmp_path):
+    _save(tmp_path / "a.png", np.zeros((5, 5), np.uint8))
+    _save(tmp_path / "b.png", np.zeros((6, 5), np.uint8))
+    with pytest.raises(DeepstabError, match="mixed sizes: 5x5.*6x5"):
+        datasets.load(f"folder:{tmp_path}")
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(DeepstabError, match="does not exist"):
+        datasets.load(f"folder:{tmp_path / 'absent'}")
+    with pytest.raises(DeepstabError, match="No images"):
+        datasets.load(f"folder:{tmp_path}")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG junk")
+    with pytest.raises(DeepstabError, match="Cannot read the image .*broken.png"):
+        datasets.load(f"folder:{tmp_path}")
+
+
+def test_describe_lists_every_dataset(tmp_path, shared_data):
+    rows = {r["name"]: r for r in datasets.describe(shared_data)}
+    assert set(datasets.names()) <= set(rows)
+    assert rows["usps"]["available"].startswith("yes") and rows["usps"]["shape"] == "16x16x1"
+    assert rows["fmnist"]["available"].startswith("no")
+    assert datasets.is_available("digits", tmp_path)

@@ -1,0 +1,42 @@
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from deepstab.layers import ClusteringLayer, FusedBatchNormalization
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_student_t_matches_equation_5(alpha):
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(6, 4)).astype(np.float32)
+    m = rng.normal(size=(3, 4)).astype(np.float32)
+    layer = ClusteringLayer(3, alpha=alpha)
+    layer.build((None, 4))
+    layer.centroids.assign(m)
+    kernel = (1 + ((z[:, None] - m[None]) ** 2).sum(-1) / alpha) ** (-(alpha + 1) / 2)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(z)), kernel / kernel.sum(1, keepdims=True), rtol=1e-5)
+
+
+def test_clustering_layer_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="alpha"):
+        ClusteringLayer(3, alpha=0)
+    with pytest.raises(ValueError, match="n_clusters"):
+        ClusteringLayer(0)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_fused_batch_norm_matches_keras(training):
+    rng = np.random.default_rng(1)
+    x = rng.normal(2.0, 3.0, size=(16, 5, 4, 4)).astype(np.float32)
+    ours, theirs = FusedBatchNormalization(), keras.layers.BatchNormalization(axis=1)
+    ours.build(x.shape), theirs.build(x.shape)
+    weights = [rng.normal(size=5).astype(np.float32) for _ in range(2)] + [rng.normal(size=5).astype(np.float32), np.abs(rng.normal(size=5)).astype(np.float32) + 0.5]
+    ours.set_weights(weights), theirs.set_weights(weights)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(ours(x, training=training)), ops.convert_to_numpy(theirs(x, training=training)), atol=1e-4
+    )
+    # moving mean moves the same way; the moving variance differs only by n / (n - 1)
+    np.testing.assert_allclose(ops.convert_to_numpy(ours.moving_mean), ops.convert_to_numpy(theirs.moving_mean), atol=1e-5)
+    if training:
+        assert not np.allclose(ops.convert_to_numpy(ours.moving_mean), weights[2])
