@@ -37,7 +37,8 @@ def cli():
 
 def _preset_help() -> str:
     return "; ".join(
-        f"{name}: {p['pretrain_epochs']} pretraining epochs at batch {p['pretrain_batch_size']}, {p['iterations']} iterations"
+        f"{name}: {p['pretrain_epochs']} pretraining epochs at batch {p['pretrain_batch_size']}, "
+        + (f"{p['iterations']} clustering iterations" if "iterations" in p else f"{p['cluster_epochs']} clustering epochs")
         for name, p in PRESETS.items()
     )
 
@@ -49,7 +50,7 @@ def _preset_help() -> str:
 @click.option("--n-clusters", type=int, default=None, help="Number of clusters. [default: the dataset's number of classes]")
 @click.option("--pretrain-epochs", type=int, default=None, help="Autoencoder pretraining epochs. [default: from --preset]")
 @click.option("--pretrain-batch-size", type=int, default=None, help="Pretraining batch size. [default: from --preset]")
-@click.option("--iterations", type=int, default=None, help="Clustering iterations (batches). [default: from --preset]")
+@click.option("--iterations", type=int, default=None, help="Clustering iterations (batches), rounded up to whole epochs. [default: from --preset]")
 @click.option("--batch-size", type=int, default=256, help="Clustering batch size.")
 @click.option("--lr", type=float, default=1e-3, help="Adam learning rate for both stages.")
 @click.option("--variant", type=click.Choice(VARIANTS), default="paper", help="Loss: 'paper' (Eqs. 6-8) or 'reference' (the authors' released code).")
@@ -57,7 +58,7 @@ def _preset_help() -> str:
 @click.option("--lam", type=float, default=None, help="λ of Eq. 7. [default: 0.8 for paper, 0.4 for reference]")
 @click.option("--recon-weight", type=float, default=0.0, help="Weight of the reconstruction term of Eq. 1 during clustering.")
 @click.option("--size-prior", type=float, default=0.0, help="Weight of KL(mean q || uniform), an optional guard against collapse.")
-@click.option("--on-collapse", type=click.Choice(COLLAPSE_ACTIONS), default="restore", help="What to do when a cluster empties or shrinks: restore the last healthy weights and stop, stop, or only warn.")
+@click.option("--on-collapse", type=click.Choice(COLLAPSE_ACTIONS), default="fallback", help="What to do when a cluster empties or shrinks: fallback (restore the last healthy weights and go on with the size prior at weight 1; stop at a second collapse), restore (restore and stop), stop, or warn.")
 @click.option("--collapse-share", type=float, default=0.25, help="A cluster smaller than this share of an even split (1/K) counts as collapsing.")
 @click.option("--seed", type=int, default=0, help="Random seed.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Model file (.keras); labels go beside it as .csv. [default: models/decs-<dataset>.keras]")
@@ -93,8 +94,7 @@ def predict(model_path, dataset, data_dir, output):
         )
     q = model.predict(x, batch_size=1024, verbose=0)
     labels = q.argmax(axis=1)
-    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in dataset.split(":")[-1].strip("/"))
-    path = Path(output) if output else Path(model_path).with_name(f"{Path(model_path).stem}-{slug}.csv")
+    path = Path(output) if output else Path(model_path).with_name(f"{Path(model_path).stem}-{datasets.slug(dataset)}.csv")
     write_labels_csv(path, labels, q.max(axis=1), y)
     if y is not None:
         click.echo("  ".join(f"{k.upper()} {v:.4f}" for k, v in evaluate(y, labels).items()))

@@ -24,7 +24,6 @@ import gzip
 import hashlib
 import os
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -36,6 +35,7 @@ from typing import Callable
 import numpy as np
 
 from deepstab.errors import DeepstabError
+from deepstab.files import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
 
@@ -120,27 +120,21 @@ def download(spec: DataFile, folder: Path) -> Path:
     """Download ``spec`` into ``folder``, verify it, then move it into place atomically."""
     target = folder / spec.name
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(prefix=f".{spec.name}.", suffix=".part", dir=folder)
+        with atomic_path(target) as partial:
+            with open(partial, "wb") as out, urllib.request.urlopen(spec.url, timeout=60) as response:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+            verify(partial, spec)
+    except urllib.error.URLError as exc:
+        raise DeepstabError(
+            f"Could not download {spec.url} ({exc.reason}). If this machine is offline, download "
+            f"the file elsewhere and put it at {target}."
+        ) from exc
     except OSError as exc:
         raise DeepstabError(
-            f"Cannot write to the data folder {folder} ({exc.strerror}). Point --data-dir or "
-            f"DEEPSTAB_DATA at a writable folder, or put {spec.name} there by hand."
+            f"Could not write {target} ({exc}). Point --data-dir or DEEPSTAB_DATA at a writable "
+            f"folder, or put {spec.name} there by hand."
         ) from exc
-    try:
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(spec.url, timeout=60) as response:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                out.write(block)
-        verify(Path(partial), spec)
-        os.replace(partial, target)
-    except (urllib.error.URLError, OSError) as exc:
-        raise DeepstabError(
-            f"Could not download {spec.url} ({getattr(exc, 'reason', exc)}). If this machine is "
-            f"offline, download the file elsewhere and put it at {target}."
-        ) from exc
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
     return target
 
 
@@ -468,6 +462,12 @@ def _load_tfds(dataset: Dataset, root: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------ public
+
+
+def slug(name: str) -> str:
+    """A short file-name-safe form of a dataset name (``npz:/a/b.npz`` -> ``b``)."""
+    base = Path(name.split(":", 1)[1]).stem if name.startswith(("npz:", "folder:")) else name
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in base) or "data"
 
 
 def names() -> list[str]:

@@ -16,6 +16,7 @@ import torch
 from keras import ops
 
 from deepstab.augment import RandomShiftRotation
+from deepstab.callbacks import COLLAPSE_ACTIONS, CollapseGuard
 from deepstab.errors import DeepstabError
 from deepstab.kmeans import kmeans
 from deepstab.layers import ClusteringLayer
@@ -36,33 +37,6 @@ def _apply_gradients(model: keras.Model, loss, variables: list) -> None:
     loss.backward()
     with torch.no_grad():
         model.optimizer.apply([v.value.grad for v in variables], variables)
-
-
-@keras.saving.register_keras_serializable(package="deepstab")
-class ClusterBalance(keras.metrics.Metric):
-    """Hard-assignment counts over an epoch, reported as the number of non-empty
-    clusters and the smallest cluster's share of the data (collapse signals)."""
-
-    def __init__(self, n_clusters: int, name: str = "cluster_balance", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.n_clusters = int(n_clusters)
-        self.counts = self.add_variable(shape=(self.n_clusters,), initializer="zeros", name="counts")
-
-    def update_state(self, q):
-        self.counts.assign_add(ops.sum(ops.one_hot(ops.argmax(q, axis=1), self.n_clusters), axis=0))
-
-    def result(self):
-        total = ops.maximum(ops.sum(self.counts), 1.0)
-        return {
-            "clusters_alive": ops.sum(ops.cast(self.counts > 0, "float32")),
-            "min_cluster_share": ops.min(self.counts) / total,
-        }
-
-    def reset_state(self):
-        self.counts.assign(ops.zeros((self.n_clusters,)))
-
-    def get_config(self):
-        return {**super().get_config(), "n_clusters": self.n_clusters}
 
 
 @keras.saving.register_keras_serializable(package="deepstab")
@@ -159,6 +133,11 @@ class DECS(keras.Model):
         size_prior: weight of ``KL(mean q || uniform)``, an optional guard against
             collapse that is not part of DECS (0 disables).
         nbins: histogram bins for Otsu's threshold (authors' code: 1000).
+        on_collapse: what :meth:`fit` does when a cluster empties or shrinks below
+            ``collapse_share`` of an even share: ``"fallback"`` (restore the last
+            healthy weights, go on with the size prior), ``"restore"`` (restore and
+            stop), ``"stop"`` or ``"warn"`` (see :class:`deepstab.callbacks.CollapseGuard`).
+        collapse_share: the shrinking threshold, relative to ``1 / K``.
 
     Example:
 
@@ -186,9 +165,15 @@ class DECS(keras.Model):
         nbins: int = 1000,
         shift: float = 0.1,
         rotation: float = 10.0,
+        on_collapse: str = "fallback",
+        collapse_share: float = 0.25,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if on_collapse not in COLLAPSE_ACTIONS:
+            raise DeepstabError(f"on_collapse must be one of {', '.join(COLLAPSE_ACTIONS)}, got {on_collapse!r}.")
+        if not 0.0 <= collapse_share < 1.0:
+            raise DeepstabError(f"collapse_share must lie in [0, 1), got {collapse_share!r}.")
         if variant not in VARIANTS:
             raise DeepstabError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}.")
         for name, value in (("recon_weight", recon_weight), ("size_prior", size_prior)):
@@ -200,6 +185,8 @@ class DECS(keras.Model):
         self.variant, self.lam = variant, None if lam is None else float(lam)
         self.recon_weight, self.size_prior_weight = float(recon_weight), float(size_prior)
         self.nbins = int(nbins)
+        self.on_collapse, self.collapse_share = on_collapse, float(collapse_share)
+        self.collapse_guard: CollapseGuard | None = None
         self.autoencoder = ConvAutoencoder(input_shape, embedding_dim, filters, shift, rotation)
         self.clustering = ClusteringLayer(self.n_clusters, alpha, name="clustering")
         self.clustering.build((None, self.autoencoder.embedding_dim))
@@ -208,7 +195,6 @@ class DECS(keras.Model):
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.threshold_tracker = keras.metrics.Mean(name="threshold")
-        self.balance = ClusterBalance(self.n_clusters)
         self.built = True
 
     # ------------------------------------------------------------------ forward
@@ -246,9 +232,15 @@ class DECS(keras.Model):
         self.centroids_ready.assign(1.0)
         return labels
 
-    def fit(self, x=None, y=None, **kwargs):
-        """Stage 2 through ``keras.Model.fit``; k-means initialises the centroids first
-        when they were never set (``x`` must then be an array)."""
+    def fit(self, x=None, y=None, callbacks=None, **kwargs):
+        """Stage 2 through ``keras.Model.fit``.
+
+        With ``x`` a NumPy array, k-means first initialises the centroids when they
+        were never set, and a :class:`~deepstab.callbacks.CollapseGuard` on ``x``
+        watches for collapse unless ``callbacks`` already holds one; it is kept as
+        ``model.collapse_guard``.
+        """
+        callbacks = list(callbacks or [])
         if float(ops.convert_to_numpy(self.centroids_ready)) == 0.0:
             if not isinstance(x, np.ndarray):
                 raise DeepstabError(
@@ -256,13 +248,18 @@ class DECS(keras.Model):
                     "first, or pass x as a NumPy array."
                 )
             self.initialize_centroids(x)
-        return super().fit(x, y, **kwargs)
+        guards = [c for c in callbacks if isinstance(c, CollapseGuard)]
+        if not guards and isinstance(x, np.ndarray):
+            guards = [CollapseGuard(x, self.n_clusters, self.collapse_share, self.on_collapse)]
+            callbacks.append(guards[0])
+        self.collapse_guard = guards[0] if guards else None
+        return super().fit(x, y, callbacks=callbacks, **kwargs)
 
     # -------------------------------------------------------------- train step
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.threshold_tracker, self.balance]
+        return [self.loss_tracker, self.threshold_tracker]
 
     def _clustering_variables(self) -> list:
         variables = self.encoder.trainable_weights + self.clustering.trainable_weights
@@ -282,12 +279,6 @@ class DECS(keras.Model):
         _apply_gradients(self, loss, self._clustering_variables())
         self.loss_tracker.update_state(loss)
         self.threshold_tracker.update_state(t)
-        self.balance.update_state(q)
-        return self.get_metrics_result()
-
-    def test_step(self, data):
-        q = self(_images(data))
-        self.balance.update_state(q)
         return self.get_metrics_result()
 
     def cluster_summary(self, x) -> dict[str, object]:
@@ -310,4 +301,6 @@ class DECS(keras.Model):
             "nbins": self.nbins,
             "shift": ae.shift,
             "rotation": ae.rotation,
+            "on_collapse": self.on_collapse,
+            "collapse_share": self.collapse_share,
         }

@@ -10,8 +10,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,20 +18,22 @@ import keras
 import numpy as np
 
 from deepstab import datasets
-from deepstab.callbacks import COLLAPSE_ACTIONS, CollapseGuard, LabelMetrics
+from deepstab.callbacks import COLLAPSE_ACTIONS, LabelMetrics
 from deepstab.decs import DECS, ConvAutoencoder
 from deepstab.errors import DeepstabError
+from deepstab.files import atomic_path
 from deepstab.losses import VARIANTS
 from deepstab.metrics import cluster_sizes, evaluate
 from deepstab.saving import load_model, save_model
 
 # Schedules. "paper": DECS's own (500 pretraining epochs at batch 256, 10,000
-# clustering iterations). "default" reaches the same number of pretraining
-# updates in far fewer epochs through a smaller batch (see README, "Schedules").
-PRESETS: dict[str, dict[str, int]] = {
-    "default": {"pretrain_epochs": 60, "pretrain_batch_size": 32, "iterations": 3000},
+# clustering iterations). "default" makes about as many pretraining updates in a
+# tenth of the epochs through a smaller batch, and clusters for 80 epochs
+# (about 3,000 iterations on USPS); "quick" is a smoke test (README, "Schedules").
+PRESETS: dict[str, dict[str, int | None]] = {
+    "default": {"pretrain_epochs": 50, "pretrain_batch_size": 32, "cluster_epochs": 80},
     "paper": {"pretrain_epochs": 500, "pretrain_batch_size": 256, "iterations": 10000},
-    "quick": {"pretrain_epochs": 20, "pretrain_batch_size": 32, "iterations": 500},
+    "quick": {"pretrain_epochs": 10, "pretrain_batch_size": 32, "cluster_epochs": 20},
 }
 
 
@@ -48,6 +48,7 @@ class DECSRun:
     pretrain_epochs: int | None = None
     pretrain_batch_size: int | None = None
     iterations: int | None = None
+    cluster_epochs: int | None = None
     batch_size: int = 256
     lr: float = 1e-3
     variant: str = "paper"
@@ -55,7 +56,7 @@ class DECSRun:
     lam: float | None = None
     recon_weight: float = 0.0
     size_prior: float = 0.0
-    on_collapse: str = "restore"
+    on_collapse: str = "fallback"
     collapse_share: float = 0.25
     seed: int = 0
     output: str | None = None
@@ -66,15 +67,18 @@ class DECSRun:
     def __post_init__(self):
         if self.preset not in PRESETS:
             raise DeepstabError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}.")
-        for key, value in PRESETS[self.preset].items():
+        preset = dict(PRESETS[self.preset])
+        if self.iterations is not None:  # an explicit iteration count beats the preset's epochs
+            preset.pop("cluster_epochs", None)
+        for key, value in preset.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
         if self.variant not in VARIANTS:
             raise DeepstabError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}.")
         if self.on_collapse not in COLLAPSE_ACTIONS:
             raise DeepstabError(f"on_collapse must be one of {', '.join(COLLAPSE_ACTIONS)}, got {self.on_collapse!r}.")
-        for name in ("pretrain_epochs", "iterations"):
-            if getattr(self, name) < 0:
+        for name in ("pretrain_epochs", "iterations", "cluster_epochs"):
+            if (getattr(self, name) or 0) < 0:
                 raise DeepstabError(f"{name} must be zero or positive, got {getattr(self, name)}.")
         for name in ("pretrain_batch_size", "batch_size"):
             if getattr(self, name) < 1:
@@ -87,7 +91,7 @@ class DECSRun:
     @property
     def slug(self) -> str:
         """The dataset name made safe for file names."""
-        return "".join(c if c.isalnum() or c in "-_" else "_" for c in self.dataset.split(":")[-1].strip("/"))[-60:]
+        return datasets.slug(self.dataset)
 
     @property
     def model_path(self) -> Path:
@@ -121,18 +125,11 @@ class DECSResult:
 
 def write_labels_csv(path: Path, labels: np.ndarray, confidence: np.ndarray, truth: np.ndarray | None) -> Path:
     """Write ``index,cluster,confidence[,label]`` rows to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as out:
-            writer = csv.writer(out)
-            writer.writerow(["index", "cluster", "confidence"] + (["label"] if truth is not None else []))
-            for i, (label, conf) in enumerate(zip(labels, confidence)):
-                writer.writerow([i, int(label), f"{conf:.6f}"] + ([int(truth[i])] if truth is not None else []))
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    with atomic_path(path) as partial, open(partial, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["index", "cluster", "confidence"] + (["label"] if truth is not None else []))
+        for i, (label, conf) in enumerate(zip(labels, confidence)):
+            writer.writerow([i, int(label), f"{conf:.6f}"] + ([int(truth[i])] if truth is not None else []))
     return path
 
 
@@ -201,6 +198,8 @@ def run_decs(run: DECSRun) -> DECSResult:
         lam=run.lam,
         recon_weight=run.recon_weight,
         size_prior=run.size_prior,
+        on_collapse=run.on_collapse,
+        collapse_share=run.collapse_share,
     )
     pretrain_seconds = _pretrained_autoencoder(run, model, x)
 
@@ -209,9 +208,8 @@ def run_decs(run: DECSRun) -> DECSResult:
     if y is not None:
         print("k-means on the pretrained embeddings: " + _format(evaluate(y, init_labels)))
     steps = int(np.ceil(len(x) / run.batch_size))
-    epochs = int(np.ceil(run.iterations / steps)) if run.iterations else 0
-    guard = CollapseGuard(k, run.collapse_share, run.on_collapse)
-    callbacks: list = [guard, keras.callbacks.BackupAndRestore(str(_backup_dir(run.model_path)))]
+    epochs = int(np.ceil(run.iterations / steps)) if run.iterations is not None else run.cluster_epochs
+    callbacks: list = [keras.callbacks.BackupAndRestore(str(_backup_dir(run.model_path)))]
     if y is not None:
         callbacks.insert(0, LabelMetrics(x, y, run.eval_every))
     model.compile(optimizer=keras.optimizers.Adam(run.lr))
@@ -219,6 +217,7 @@ def run_decs(run: DECSRun) -> DECSResult:
     if epochs:
         print(f"Clustering: {epochs} epochs of {steps} iterations (batch {run.batch_size}), variant {run.variant!r}")
         history = model.fit(x, batch_size=run.batch_size, epochs=epochs, callbacks=callbacks, verbose=run.verbose).history
+    guard = model.collapse_guard
     cluster_seconds = time.perf_counter() - start
 
     q = model.predict(x, batch_size=1024, verbose=0)
@@ -229,8 +228,8 @@ def run_decs(run: DECSRun) -> DECSResult:
         confidence=q.max(axis=1),
         metrics=evaluate(y, labels) if y is not None else None,
         sizes=cluster_sizes(labels, k),
-        collapsed_epoch=guard.collapsed_epoch,
-        restored_epoch=guard.restored_epoch,
+        collapsed_epoch=guard.collapsed_epoch if guard else None,
+        restored_epoch=guard.restored_epoch if guard else None,
         iterations_run=len(history.get("loss", [])) * steps,
         pretrain_seconds=pretrain_seconds,
         cluster_seconds=cluster_seconds,
@@ -255,15 +254,21 @@ def summary(run: DECSRun, result: DECSResult) -> str:
         f"Cluster sizes: {sizes['counts']} ({sizes['n_nonempty']} non-empty, smallest {sizes['min_share']:.1%}, largest {sizes['max_share']:.1%})"
     )
     if result.collapsed_epoch is not None:
+        guard = result.model.collapse_guard
+        restored = (
+            f"the weights of epoch {guard.restored_epoch + 1}" if guard.restored_epoch is not None else "the k-means initialisation"
+        )
         what = {
-            "restore": f"stopped and restored the weights of epoch {result.restored_epoch + 1}"
-            if result.restored_epoch is not None
-            else "stopped and restored the k-means initialisation",
+            "restore": f"stopped and restored {restored}",
             "stop": "stopped",
             "warn": "went on",
-        }[run.on_collapse]
+        }.get(run.on_collapse, "")
+        if run.on_collapse == "fallback":
+            what = f"restored the last healthy weights and went on with the cluster-size prior (weight {guard.fallback_prior:g})"
+            if guard.stopped_epoch is not None:
+                what += f"; it collapsed again, so training stopped and restored {restored}"
         lines.append(
-            f"WARNING: the clustering collapsed at epoch {result.collapsed_epoch + 1} (a cluster emptied or fell "
+            f"NOTE: the clustering began to collapse at epoch {result.collapsed_epoch + 1} (a cluster emptied or fell "
             f"below {run.collapse_share:.0%} of an even share); training {what}. See README, 'Collapse'."
         )
     lines.append(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import keras
 
 from deepstab.errors import DeepstabError
+from deepstab.files import atomic_path
 
 
 def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
@@ -18,15 +18,8 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix != ".keras":
         raise DeepstabError(f"Model files must end in .keras, got {path}. Choose a name like models/decs-usps.keras.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as partial:
         model.save(partial)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
     return path
 
 

@@ -58,7 +58,7 @@ def test_fit_initialises_centroids_and_clusters_blobs():
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     history = model.fit(x, epochs=3, batch_size=30, verbose=0)
     assert not np.allclose(before, ops.convert_to_numpy(model.clustering.centroids))
-    assert {"loss", "threshold", "clusters_alive", "min_cluster_share"} <= set(history.history)
+    assert {"loss", "threshold", "clusters_alive", "min_cluster_share", "collapsed"} <= set(history.history)
     assert np.isfinite(history.history["loss"]).all()
     from deepstab.metrics import cluster_accuracy
 
@@ -118,50 +118,81 @@ def test_n_clusters_larger_than_samples():
         model.initialize_centroids(np.zeros((3, 8, 8, 1), np.float32))
 
 
-class _Fixed(keras.callbacks.Callback):
-    """Fakes the balance logs: healthy for `healthy` epochs, then one cluster dies."""
-
-    def __init__(self, healthy):
-        super().__init__()
-        self.healthy = healthy
-
-    def on_epoch_end(self, epoch, logs=None):
-        dead = epoch >= self.healthy
-        logs["clusters_alive"] = 2.0 if dead else 3.0
-        logs["min_cluster_share"] = 0.0 if dead else 0.3
-
-
-def test_collapse_guard_restores_last_healthy_weights():
-    x, _ = blobs(30)
+@pytest.fixture(scope="module")
+def pretrained_weights():
+    """Autoencoder weights pretrained on the blobs, so that k-means starts from 3 real clusters."""
+    keras.utils.set_random_seed(0)
     model = DECS(3, (8, 8, 1), **TINY)
-    model.initialize_centroids(x, n_init=1)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.pretrain(blobs()[0], epochs=30, batch_size=16, verbose=0)
+    return model.autoencoder.get_weights()
+
+
+def healthy_model(weights, **kwargs):
+    x, _ = blobs()
+    model = DECS(3, (8, 8, 1), **TINY, **kwargs)
+    model.autoencoder.set_weights(weights)
+    model.initialize_centroids(x, n_init=3, seed=0)
+    return model, x
+
+
+def _collapse_after(model, healthy_epochs):
+    """A callback that, from epoch `healthy_epochs` on, moves every centroid but one far away."""
+
+    def squash(epoch, logs):
+        if epoch >= healthy_epochs - 1:
+            c = ops.convert_to_numpy(model.clustering.centroids)
+            model.clustering.centroids.assign(np.concatenate([c[:1], c[1:] + 1e4]))
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=squash)
+
+
+def test_collapse_guard_restores_last_healthy_weights(pretrained_weights):
+    model, x = healthy_model(pretrained_weights, on_collapse="restore")
+    model.compile(optimizer=keras.optimizers.Adam(1e-6))  # training itself keeps the clusters
     snapshots = []
     record = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: snapshots.append(model.get_weights()))
-    guard = CollapseGuard(3, action="restore")
     with pytest.warns(UserWarning, match="collapsing at epoch 3"):
-        history = model.fit(x, epochs=6, batch_size=10, verbose=0, callbacks=[_Fixed(2), record, guard])
+        history = model.fit(x, epochs=6, batch_size=10, verbose=0, callbacks=[record, _collapse_after(model, 3)])
+    guard = model.collapse_guard
     assert history.history["collapsed"] == [0.0, 0.0, 1.0]  # stopped at the collapse
+    assert history.history["clusters_alive"][-1] == 1.0
     assert guard.collapsed_epoch == 2 and guard.restored_epoch == 1
     for now, then in zip(model.get_weights(), snapshots[1]):
         np.testing.assert_array_equal(now, then)
+    assert model.cluster_summary(x)["n_nonempty"] == 3
+
+
+def test_collapse_guard_fallback_switches_the_size_prior_on(pretrained_weights):
+    model, x = healthy_model(pretrained_weights)
+    model.compile(optimizer=keras.optimizers.Adam(1e-6))
+    assert model.size_prior_weight == 0.0
+    with pytest.warns(UserWarning, match="epoch 2.*Action: fallback"):
+        history = model.fit(x, epochs=5, batch_size=10, verbose=0, callbacks=[_collapse_after(model, 2)])
+    guard = model.collapse_guard
+    assert model.size_prior_weight == 1.0 and guard.fallback_epoch == 1
+    assert guard.stopped_epoch == 2 and len(history.history["loss"]) == 3  # the second collapse stops
+    assert model.cluster_summary(x)["n_nonempty"] == 3
+
+
+def test_collapse_guard_warn_only_keeps_training(pretrained_weights):
+    model, x = healthy_model(pretrained_weights, on_collapse="warn")
+    model.compile(optimizer="adam")
+    with pytest.warns(UserWarning, match="collapsing at epoch 1"):
+        history = model.fit(x, epochs=3, batch_size=10, verbose=0, callbacks=[_collapse_after(model, 1)])
+    assert history.history["collapsed"] == [1.0, 1.0, 1.0]
 
 
 def test_collapse_guard_flags_a_shrinking_cluster():
-    guard = CollapseGuard(4, min_share=0.25)
-    assert guard.is_collapsed({"clusters_alive": 4.0, "min_cluster_share": 0.05})  # 0.05 * 4 < 0.25
-    assert not guard.is_collapsed({"clusters_alive": 4.0, "min_cluster_share": 0.2})
-    assert guard.is_collapsed({"clusters_alive": 3.0, "min_cluster_share": 0.0})
-
-
-def test_balance_metric_reports_a_collapsed_model():
-    x, _ = blobs(30)
-    model = DECS(3, (8, 8, 1), **TINY)
-    model.initialize_centroids(x, n_init=1)
-    far = np.array([[0, 0, 0], [1e3, 1e3, 1e3], [-1e3, -1e3, -1e3]], np.float32)
-    z = model.embed(x)
-    model.clustering.centroids.assign(far + z.mean(0))  # every sample nearest to centroid 0
-    model.compile(optimizer="adam")
-    logs = model.evaluate(x, verbose=0, return_dict=True)
-    assert logs["clusters_alive"] == 1.0 and logs["min_cluster_share"] == 0.0
-    assert CollapseGuard(3).is_collapsed(logs)
+    x, _ = blobs(40)
+    model = DECS(4, (8, 8, 1), **TINY)
+    model.initialize_centroids(x, n_init=3, seed=0)
+    guard = CollapseGuard(x, 4, min_share=0.25)
+    guard.set_model(model)
+    labels = np.arange(40) % 4
+    labels[:9] = 0  # sizes 16, 8, 8, 8: the smallest holds 0.2 of 40, and 0.2 * 4 >= 0.25
+    model.predict_labels = lambda data, batch_size=1024: labels[: len(data)]
+    assert guard.check()["collapsed"] == 0.0
+    labels[:] = np.r_[np.zeros(37, int), [1, 2, 3]]  # three clusters of one sample: 0.025 * 4 < 0.25
+    assert guard.check() == {"clusters_alive": 4.0, "min_cluster_share": 0.025, "collapsed": 1.0}
+    labels[:] = np.r_[np.zeros(20, int), np.ones(20, int)]
+    assert guard.check()["clusters_alive"] == 2.0 and guard.check()["collapsed"] == 1.0

@@ -1,0 +1,101 @@
+"""Samples/second of DECS's two training steps: deepstab (Keras, torch backend) vs plain PyTorch.
+
+Both sides run the same computation on the same shapes with the same thread
+count: augmentation (random shift + rotation), the convolutional autoencoder
+with MSE (pretraining step), or the encoder, Student-t assignments, Otsu's
+threshold and the paper's stability loss (clustering step), and an Adam update.
+The Keras side is timed through ``model.fit`` (what a user runs), the PyTorch
+side through a plain loop over shuffled mini-batches.
+
+    python bench/decs_bench.py                 # USPS shape (16x16x1), batch 256
+    python bench/decs_bench.py --shape 28 28 1 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import deepstab  # noqa: E402  (selects the torch backend)
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch_reference import TorchConvAutoencoder, augment, decs_paper_loss, otsu, student_t  # noqa: E402
+
+
+def keras_rate(stage: str, x: np.ndarray, batch: int, repeats: int) -> float:
+    model = deepstab.DECS(10, x.shape[1:])
+    if stage == "pretrain":
+        target = model.autoencoder
+    else:
+        model.initialize_centroids(x[:2000], n_init=1, seed=0)
+        target = model
+    target.compile(optimizer=keras.optimizers.Adam(1e-3))
+    target.fit(x[: 2 * batch], batch_size=batch, epochs=1, verbose=0)  # warm-up
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        target.fit(x, batch_size=batch, epochs=1, verbose=0)
+        best = max(best, len(x) / (time.perf_counter() - start))
+    return best
+
+
+def torch_rate(stage: str, x: np.ndarray, batch: int, repeats: int) -> float:
+    net = TorchConvAutoencoder(x.shape[1:])
+    data = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    centroids = torch.nn.Parameter(torch.randn(10, 10))
+    if stage == "pretrain":
+        params = list(net.parameters())
+    else:
+        params = list(net.encoder.parameters()) + [centroids]
+    optimizer = torch.optim.Adam(params, 1e-3)
+
+    def step(xb):
+        xa = augment(xb)
+        if stage == "pretrain":
+            loss = ((net.decode(net.encode(xa)) - xa) ** 2).mean()
+        else:
+            q = student_t(net.encode(xa), centroids)
+            loss = decs_paper_loss(q, otsu(q))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def epoch(n):
+        order = torch.randperm(n)
+        for i in range(0, n, batch):
+            step(data[order[i : i + batch]])
+
+    epoch(2 * batch)  # warm-up
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        epoch(len(data))
+        best = max(best, len(data) / (time.perf_counter() - start))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", type=int, nargs=3, default=(16, 16, 1), metavar=("H", "W", "C"))
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20, help="batches per timed pass")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes; the best is reported")
+    args = parser.parse_args()
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).random((args.batch * args.steps, *args.shape), dtype=np.float32)
+    print(f"DECS steps, input {tuple(args.shape)}, batch {args.batch}, {args.steps} batches per pass, "
+          f"best of {args.repeats}, torch threads {torch.get_num_threads()}, torch {torch.__version__}, keras {keras.__version__}")
+    print(f"{'step':<12}{'keras samples/s':>18}{'torch samples/s':>18}{'ratio':>8}")
+    for stage in ("pretrain", "clustering"):
+        ours, theirs = keras_rate(stage, x, args.batch, args.repeats), torch_rate(stage, x, args.batch, args.repeats)
+        print(f"{stage:<12}{ours:>18.0f}{theirs:>18.0f}{ours / theirs:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The command line on tiny data: exit codes, outputs, files, and one-paragraph errors."""
+
+import csv
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+
+QUICK = ["--pretrain-epochs", "2", "--pretrain-batch-size", "32", "--iterations", "4", "--batch-size", "40"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli.cli, [str(a) for a in args])
+
+
+def assert_clean_error(result, pattern):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.output.startswith("Error: ")
+    import re
+
+    assert re.search(pattern, result.output.replace("\n", " ")), result.output
+
+
+@pytest.fixture
+def trained(tmp_path, blobs_npz):
+    out = tmp_path / "models" / "decs-blobs.keras"
+    result = invoke("decs", "--dataset", f"npz:{blobs_npz}", *QUICK, "--output", out, "--models-dir", tmp_path / "models")
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_decs_trains_saves_model_and_labels(trained, tmp_path):
+    out, result = trained
+    assert "Final model: ACC" in result.output and "Cluster sizes:" in result.output
+    assert out.is_file() and (tmp_path / "models" / "decs-blobs-ae-2ep-b32-seed0.keras").is_file()
+    with open(out.with_suffix(".csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 120 and set(rows[0]) == {"index", "cluster", "confidence", "label"}
+    assert all(0 <= int(r["cluster"]) < 3 for r in rows)
+
+
+def test_decs_reuses_the_pretrained_autoencoder(trained, tmp_path, blobs_npz):
+    out, _ = trained
+    again = invoke("decs", "--dataset", f"npz:{blobs_npz}", *QUICK, "--output", out, "--models-dir", tmp_path / "models")
+    assert again.exit_code == 0, again.output
+    assert "Reusing the pretrained autoencoder" in again.output
+
+
+def test_predict_writes_labels_and_metrics(trained, tmp_path, blobs_npz):
+    out, _ = trained
+    labels = tmp_path / "labels.csv"
+    result = invoke("predict", out, "--dataset", f"npz:{blobs_npz}", "--output", labels)
+    assert result.exit_code == 0, result.output
+    assert "ACC" in result.output and labels.is_file()
+    trained_rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
+    predicted_rows = list(csv.DictReader(open(labels)))
+    assert [r["cluster"] for r in trained_rows] == [r["cluster"] for r in predicted_rows]
+
+
+def test_predict_rejects_data_of_another_shape(trained, tmp_path):
+    out, _ = trained
+    np.savez(tmp_path / "big.npz", x=np.zeros((4, 16, 16), np.float32))
+    assert_clean_error(invoke("predict", out, "--dataset", f"npz:{tmp_path / 'big.npz'}"), r"shape \(8, 8, 1\)")
+
+
+def test_predict_bad_model_files(tmp_path, blobs_npz, trained):
+    assert_clean_error(invoke("predict", tmp_path / "absent.keras", "--dataset", f"npz:{blobs_npz}"), "does not exist")
+    (tmp_path / "junk.keras").write_bytes(b"junk")
+    assert_clean_error(invoke("predict", tmp_path / "junk.keras", "--dataset", f"npz:{blobs_npz}"), "not a Keras model file")
+    ae = tmp_path / "models" / "decs-blobs-ae-2ep-b32-seed0.keras"
+    assert_clean_error(invoke("predict", ae, "--dataset", f"npz:{blobs_npz}"), "holds a ConvAutoencoder model")
+
+
+def test_bad_inputs_give_one_paragraph_errors(tmp_path):
+    assert_clean_error(invoke("decs", "--dataset", "nope", *QUICK), "Unknown dataset 'nope'")
+    assert_clean_error(invoke("decs", "--dataset", "usps", "--data-dir", tmp_path, *QUICK), "usps_train.jf.gz.*not found")
+    x = np.random.default_rng(0).random((5, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "few.npz", x=x)
+    assert_clean_error(
+        invoke("decs", "--dataset", f"npz:{tmp_path / 'few.npz'}", "--n-clusters", 9, *QUICK), "larger than the number of samples"
+    )
+    x[0, 0, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x)
+    assert_clean_error(invoke("decs", "--dataset", f"npz:{tmp_path / 'nan.npz'}", *QUICK), "NaN or infinite")
+    assert_clean_error(invoke("decs", "--dataset", f"npz:{tmp_path / 'few.npz'}", *QUICK), "no labels.*--n-clusters")
+
+
+def test_datasets_lists_names_and_availability(tmp_path):
+    result = invoke("datasets", "--data-dir", tmp_path)
+    assert result.exit_code == 0
+    for name in ("digits", "usps", "mnist", "mnist-test", "fmnist", "npz:PATH", "folder:PATH"):
+        assert name in result.output
+    assert "no: put files in" in result.output
+
+
+@pytest.mark.parametrize("command", ["decs", "predict", "datasets"])
+def test_help_documents_defaults(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    assert "--data-dir" in result.output
+    if command == "decs":
+        for option in ("--pretrain-epochs", "--iterations", "--batch-size", "--variant", "--alpha", "--lam", "--seed", "--output", "--preset"):
+            assert option in result.output
+        assert "[default: paper]" in result.output and "[default: 256]" in result.output
