@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,9 +63,11 @@ class DECSRun:
     output: str | None = None
     models_dir: str = "models"
     eval_every: int = 10
-    verbose: int | str = "auto"
+    verbose: int | None = None  # None: progress bars on a terminal, one line per epoch otherwise
 
     def __post_init__(self):
+        if self.verbose is None:
+            self.verbose = 1 if sys.stdout.isatty() else 2
         if self.preset not in PRESETS:
             raise DeepstabError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}.")
         preset = dict(PRESETS[self.preset])
