@@ -1,0 +1,56 @@
+"""The end-to-end DECS run: resuming after an interruption, presets, summaries."""
+
+import keras
+import pytest
+
+from deepstab.decs import DECS
+from deepstab.errors import DeepstabError
+from deepstab.runner import DECSRun, run_decs, summary
+
+
+class _Count(keras.callbacks.Callback):
+    def __init__(self, log, stop_at=None):
+        super().__init__()
+        self.log, self.stop_at = log, stop_at
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.log.append(epoch)
+        if epoch == self.stop_at:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_pretraining_resumes_from_the_backup(tmp_path, blobs_npz, monkeypatch):
+    original = DECS.pretrain
+    epochs_seen: list[list[int]] = []
+
+    def pretrain(self, x, callbacks=(), **kwargs):
+        epochs_seen.append([])
+        stop_at = 1 if len(epochs_seen) == 1 else None
+        return original(self, x, callbacks=list(callbacks) + [_Count(epochs_seen[-1], stop_at)], **kwargs)
+
+    monkeypatch.setattr(DECS, "pretrain", pretrain)
+    run = DECSRun(
+        dataset=f"npz:{blobs_npz}", pretrain_epochs=4, pretrain_batch_size=32, iterations=3, batch_size=40,
+        models_dir=str(tmp_path), verbose=0,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_decs(run)
+    assert not run.autoencoder_path.exists()
+    result = run_decs(run)
+    assert epochs_seen == [[0, 1], [2, 3]]  # the second run picked up after epoch 2
+    assert run.autoencoder_path.exists() and result.model_path.exists()
+    assert not any(p.name.startswith(".backup") for p in tmp_path.iterdir())  # cleaned up after success
+    assert "Final model: ACC" in summary(run, result)
+
+
+def test_presets_and_explicit_overrides():
+    default = DECSRun()
+    assert (default.pretrain_epochs, default.pretrain_batch_size, default.cluster_epochs) == (50, 32, 80)
+    paper = DECSRun(preset="paper")
+    assert (paper.pretrain_epochs, paper.pretrain_batch_size, paper.iterations) == (500, 256, 10000)
+    mixed = DECSRun(iterations=100, pretrain_epochs=3)
+    assert mixed.iterations == 100 and mixed.cluster_epochs is None and mixed.pretrain_epochs == 3
+    with pytest.raises(DeepstabError, match="preset must be one of"):
+        DECSRun(preset="fast")
+    with pytest.raises(DeepstabError, match="batch_size must be a positive"):
+        DECSRun(batch_size=0)
