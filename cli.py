@@ -58,7 +58,7 @@ def _preset_help() -> str:
 @click.option("--lam", type=float, default=None, help="λ of Eq. 7. [default: 0.8 for paper, 0.4 for reference]")
 @click.option("--recon-weight", type=float, default=0.0, help="Weight of the reconstruction term of Eq. 1 during clustering.")
 @click.option("--size-prior", type=float, default=0.0, help="Weight of KL(mean q || uniform), an optional guard against collapse.")
-@click.option("--on-collapse", type=click.Choice(COLLAPSE_ACTIONS), default="fallback", help="What to do when a cluster empties or shrinks: fallback (restore the last healthy weights and go on with the size prior at weight 1; stop at a second collapse), restore (restore and stop), stop, or warn.")
+@click.option("--on-collapse", type=click.Choice(COLLAPSE_ACTIONS), default="fallback", help="What to do when a cluster empties or shrinks: fallback (restore the last healthy weights once and go on with the size prior at weight 1), restore (restore and stop), stop, or warn.")
 @click.option("--collapse-share", type=float, default=0.25, help="A cluster smaller than this share of an even split (1/K) counts as collapsing.")
 @click.option("--seed", type=int, default=0, help="Random seed.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Model file (.keras); labels go beside it as .csv. [default: models/decs-<dataset>.keras]")

@@ -31,8 +31,10 @@ class CollapseGuard(keras.callbacks.Callback):
         min_share: smallest acceptable cluster size relative to ``1 / K``.
         action: ``"fallback"`` puts back the weights of the last healthy epoch
             (or the initial ones) and goes on with the cluster-size prior switched
-            on (the model's ``size_prior_weight`` set to ``fallback_prior``); a
-            second collapse then acts as ``"restore"``. ``"restore"`` puts back
+            on (the model's ``size_prior_weight`` set to ``fallback_prior``); later
+            flags do not stop training, as the prior needs epochs to even the
+            clusters out, but if the last epoch is still flagged, training ends on
+            the weights of the last healthy epoch. ``"restore"`` puts back
             the last healthy weights and stops; ``"stop"`` stops with the current
             weights; ``"warn"`` only warns.
         fallback_prior: the size-prior weight that ``"fallback"`` switches on.
@@ -65,6 +67,7 @@ class CollapseGuard(keras.callbacks.Callback):
         self.restored_epoch: int | None = None
         self._healthy: list | None = None
         self._healthy_epoch: int | None = None
+        self._last_collapsed = False
 
     def check(self) -> dict[str, float]:
         """Cluster balance of the current model on the sample."""
@@ -93,7 +96,7 @@ class CollapseGuard(keras.callbacks.Callback):
         if first:
             self.collapsed_epoch = epoch
         falling_back = self.action == "fallback" and self.fallback_epoch is None
-        action = "fallback" if falling_back else "restore" if self.action == "fallback" else self.action
+        action = "fallback" if falling_back else "warn" if self.action == "fallback" else self.action
         if first or action != "warn":
             warnings.warn(
                 f"Clustering is collapsing at epoch {epoch + 1}: {int(state['clusters_alive'])} of "
@@ -110,6 +113,15 @@ class CollapseGuard(keras.callbacks.Callback):
         if falling_back:
             self.fallback_epoch = epoch
             self.model.size_prior_weight = max(self.model.size_prior_weight, self.fallback_prior)
+        self._last_collapsed = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._last_collapsed = False
+
+    def on_train_end(self, logs=None):
+        if self.action == "fallback" and self._last_collapsed and self.fallback_epoch is not None:
+            self.model.set_weights(self._healthy)
+            self.restored_epoch = self._healthy_epoch
 
 
 class LabelMetrics(keras.callbacks.Callback):

@@ -267,9 +267,7 @@ def summary(run: DECSRun, result: DECSResult) -> str:
             "warn": "went on",
         }.get(run.on_collapse, "")
         if run.on_collapse == "fallback":
-            what = f"restored the last healthy weights and went on with the cluster-size prior (weight {guard.fallback_prior:g})"
-            if guard.stopped_epoch is not None:
-                what += f"; it collapsed again, so training stopped and restored {restored}"
+            what = f"restored {restored} and went on with the cluster-size prior (weight {guard.fallback_prior:g})"
         lines.append(
             f"NOTE: the clustering began to collapse at epoch {result.collapsed_epoch + 1} (a cluster emptied or fell "
             f"below {run.collapse_share:.0%} of an even share); training {what}. See README, 'Collapse'."

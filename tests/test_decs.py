@@ -170,7 +170,9 @@ def test_collapse_guard_fallback_switches_the_size_prior_on(pretrained_weights):
         history = model.fit(x, epochs=5, batch_size=10, verbose=0, callbacks=[_collapse_after(model, 2)])
     guard = model.collapse_guard
     assert model.size_prior_weight == 1.0 and guard.fallback_epoch == 1
-    assert guard.stopped_epoch == 2 and len(history.history["loss"]) == 3  # the second collapse stops
+    assert guard.stopped_epoch is None and len(history.history["loss"]) == 5  # later flags do not stop
+    assert history.history["collapsed"][1:] == [1.0] * 4
+    assert guard.restored_epoch == 0  # still collapsed at the end: back to the last healthy weights
     assert model.cluster_summary(x)["n_nonempty"] == 3
 
 
