@@ -81,7 +81,7 @@ def predict(model_path, dataset, data_dir, output):
     """Label a dataset with a saved model; prints ACC/NMI/ARI when the data has labels."""
     from deepstab.decs import DECS
     from deepstab.metrics import cluster_sizes, evaluate
-    from deepstab.runner import write_labels_csv
+    from deepstab.runner import format_metrics, write_labels_csv
     from deepstab.saving import load_model
 
     model = load_model(model_path, expect=DECS)
@@ -97,7 +97,7 @@ def predict(model_path, dataset, data_dir, output):
     path = Path(output) if output else Path(model_path).with_name(f"{Path(model_path).stem}-{datasets.slug(dataset)}.csv")
     write_labels_csv(path, labels, q.max(axis=1), y)
     if y is not None:
-        click.echo("  ".join(f"{k.upper()} {v:.4f}" for k, v in evaluate(y, labels).items()))
+        click.echo(format_metrics(evaluate(y, labels)))
     click.echo(f"Cluster sizes: {cluster_sizes(labels, model.n_clusters)['counts']}")
     click.echo(f"Wrote {len(labels)} labels to {path}")
 

@@ -209,7 +209,7 @@ def run_decs(run: DECSRun) -> DECSResult:
     start = time.perf_counter()
     init_labels = model.initialize_centroids(x, seed=run.seed)
     if y is not None:
-        print("k-means on the pretrained embeddings: " + _format(evaluate(y, init_labels)))
+        print("k-means on the pretrained embeddings: " + format_metrics(evaluate(y, init_labels)))
     steps = int(np.ceil(len(x) / run.batch_size))
     epochs = int(np.ceil(run.iterations / steps)) if run.iterations is not None else run.cluster_epochs
     callbacks: list = [keras.callbacks.BackupAndRestore(str(_backup_dir(run.model_path)))]
@@ -243,7 +243,8 @@ def run_decs(run: DECSRun) -> DECSResult:
     return result
 
 
-def _format(metrics: dict[str, float]) -> str:
+def format_metrics(metrics: dict[str, float]) -> str:
+    """``ACC 0.9000  NMI 0.8000  ARI 0.7000``."""
     return "  ".join(f"{k.upper()} {v:.4f}" for k, v in metrics.items())
 
 
@@ -251,7 +252,7 @@ def summary(run: DECSRun, result: DECSResult) -> str:
     """The lines the command line prints at the end of a run."""
     lines = [f"DECS on {run.dataset}: {len(result.labels)} samples, {result.model.n_clusters} clusters, variant {run.variant!r}"]
     if result.metrics:
-        lines.append("Final model: " + _format(result.metrics))
+        lines.append("Final model: " + format_metrics(result.metrics))
     sizes = result.sizes
     lines.append(
         f"Cluster sizes: {sizes['counts']} ({sizes['n_nonempty']} non-empty, smallest {sizes['min_share']:.1%}, largest {sizes['max_share']:.1%})"
