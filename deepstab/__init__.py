@@ -27,8 +27,10 @@ elif os.environ.setdefault("KERAS_BACKEND", "torch") != "torch":
 from deepstab.datasets import load  # noqa: E402
 from deepstab.decs import DECS, ConvAutoencoder  # noqa: E402
 from deepstab.layers import ClusteringLayer  # noqa: E402
+from deepstab.lfss import LFSSModel  # noqa: E402
 from deepstab.metrics import cluster_accuracy, evaluate  # noqa: E402
 from deepstab.saving import load_model, save_model  # noqa: E402
+from deepstab.stability import SampleStabilityTracker  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -37,6 +39,8 @@ __all__ = [
     "ClusteringLayer",
     "ConvAutoencoder",
     "DeepstabError",
+    "LFSSModel",
+    "SampleStabilityTracker",
     "cluster_accuracy",
     "evaluate",
     "load",

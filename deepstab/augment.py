@@ -1,5 +1,8 @@
 """Augmentation layers (Keras preprocessing layers, active only with ``training=True``).
 
+``RandomShiftRotation``: DECS's shifts and rotations. ``SimCLRAugment``: the SimCLR
+pipeline LFSS trains with (DESIGN §5).
+
 Keras's own ``RandomTranslation`` and ``RandomRotation`` warp images with a
 generic ``map_coordinates`` on the torch backend: 100-200 ms for a batch of 256
 16x16 images on 2 CPU cores, which would dominate DECS training. The layer here
@@ -68,3 +71,136 @@ class RandomShiftRotation(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "shift": self.shift, "rotation": self.rotation, "seed": self.seed}
+
+
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+
+
+def _gray(x):
+    """(N, C, H, W) -> (N, 1, H, W) luma (the image itself when C == 1)."""
+    if x.shape[1] == 1:
+        return x
+    w = ops.reshape(ops.convert_to_tensor(GRAY_WEIGHTS, dtype=x.dtype), (1, 3, 1, 1))
+    return ops.sum(x * w, axis=1, keepdims=True)
+
+
+def _per_sample(values, apply):
+    """Broadcast (N,) draws over (N, C, H, W), and keep 1 where ``apply`` is False."""
+    return ops.reshape(ops.where(apply, values, ops.ones_like(values)), (-1, 1, 1, 1))
+
+
+@keras.saving.register_keras_serializable(package="deepstab")
+class SimCLRAugment(keras.layers.Layer):
+    """SimCLR augmentation of NHWC images in [0, 1], one independent draw per sample.
+
+    Random resized crop (area ``crop_scale``, aspect ratio 3/4 to 4/3, bilinear,
+    resized back to the input size), horizontal flip with p = 0.5, colour jitter
+    (brightness, contrast, saturation, hue of ``jitter``) with probability ``jitter_p``,
+    and grayscale with probability ``grayscale_p`` (Chen et al. 2020; LFSS §4.1).
+    The crop and flip are one ``grid_sample``. Differences from torchvision: the crop
+    box is clipped to the image instead of re-drawn, the jitter runs in a fixed order,
+    and hue is rotated in YIQ space. Colour steps are skipped for one-channel images.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = SimCLRAugment(seed=0)
+    >>> x = np.random.rand(8, 32, 32, 3).astype("float32")
+    >>> view = layer(x, training=True)
+    >>> tuple(view.shape), bool((layer(x) == x).all()), bool((view == x).all())
+    ((8, 32, 32, 3), True, False)
+    """
+
+    def __init__(
+        self,
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+        jitter_p: float = 0.8,
+        grayscale_p: float = 0.2,
+        flip: bool = True,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        low, high = (float(v) for v in crop_scale)
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale!r}.")
+        if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+            raise ValueError(f"jitter must be (brightness, contrast, saturation, hue) >= 0 with hue <= 0.5, got {jitter!r}.")
+        for name, p in (("jitter_p", jitter_p), ("grayscale_p", grayscale_p)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {p!r}.")
+        self.crop_scale, self.jitter = (low, high), tuple(float(v) for v in jitter)
+        self.jitter_p, self.grayscale_p, self.flip, self.seed = float(jitter_p), float(grayscale_p), bool(flip), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.built = True
+
+    def _uniform(self, n, low, high):
+        return keras.random.uniform((n,), low, high, seed=self.seed_generator)
+
+    def _crop_and_flip(self, x):
+        n, channels, height, width = x.shape
+        area = self._uniform(n, *self.crop_scale)
+        log_ratio = self._uniform(n, math.log(3 / 4), math.log(4 / 3))
+        w = ops.minimum(ops.sqrt(area * ops.exp(log_ratio)), 1.0)  # crop size as a share of each side
+        h = ops.minimum(ops.sqrt(area / ops.exp(log_ratio)), 1.0)
+        cx = self._uniform(n, -1.0, 1.0) * (1.0 - w)
+        cy = self._uniform(n, -1.0, 1.0) * (1.0 - h)
+        sign = ops.where(self._uniform(n, 0.0, 1.0) < 0.5, -1.0, 1.0) if self.flip else ops.ones_like(w)
+        zero = ops.zeros_like(w)
+        theta = ops.stack([ops.stack([w * sign, zero, cx], axis=1), ops.stack([zero, h, cy], axis=1)], axis=1)
+        grid = F.affine_grid(theta, [n, channels, height, width], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def _colour(self, x):
+        n = x.shape[0]
+        brightness, contrast, saturation, hue = self.jitter
+        apply = self._uniform(n, 0.0, 1.0) < self.jitter_p
+        x = ops.clip(x * _per_sample(self._uniform(n, 1 - brightness, 1 + brightness), apply), 0.0, 1.0)
+        mean = ops.mean(_gray(x), axis=(1, 2, 3), keepdims=True)
+        x = ops.clip((x - mean) * _per_sample(self._uniform(n, 1 - contrast, 1 + contrast), apply) + mean, 0.0, 1.0)
+        if x.shape[1] != 3:
+            return x
+        gray = _gray(x)
+        x = ops.clip((x - gray) * _per_sample(self._uniform(n, 1 - saturation, 1 + saturation), apply) + gray, 0.0, 1.0)
+        angle = ops.where(apply, self._uniform(n, -hue, hue), ops.zeros((n,))) * 2 * math.pi
+        x = _rotate_hue(x, angle)
+        to_gray = ops.reshape(self._uniform(n, 0.0, 1.0) < self.grayscale_p, (-1, 1, 1, 1))
+        return ops.where(to_gray, ops.repeat(_gray(x), 3, axis=1), x)
+
+    def call(self, x, training=False):
+        if not training:
+            return x
+        x = ops.transpose(ops.convert_to_tensor(x), (0, 3, 1, 2))
+        x = self._colour(self._crop_and_flip(x))
+        return ops.transpose(x, (0, 2, 3, 1))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "crop_scale": self.crop_scale,
+            "jitter": self.jitter,
+            "jitter_p": self.jitter_p,
+            "grayscale_p": self.grayscale_p,
+            "flip": self.flip,
+            "seed": self.seed,
+        }
+
+
+_RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+def _rotate_hue(x, angle):
+    """Rotate the hue of (N, 3, H, W) RGB images by ``angle`` radians (per sample) in YIQ space."""
+    to_yiq = ops.convert_to_tensor(_RGB_TO_YIQ, dtype=x.dtype)
+    to_rgb = ops.inv(to_yiq)
+    cos, sin = ops.cos(angle), ops.sin(angle)
+    one, zero = ops.ones_like(cos), ops.zeros_like(cos)
+    rotation = ops.stack(
+        [ops.stack([one, zero, zero], 1), ops.stack([zero, cos, -sin], 1), ops.stack([zero, sin, cos], 1)], 1
+    )  # (N, 3, 3)
+    matrix = ops.einsum("ij,njk,kl->nil", to_rgb, rotation, to_yiq)
+    return ops.clip(ops.einsum("nij,njhw->nihw", matrix, x), 0.0, 1.0)

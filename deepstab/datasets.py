@@ -317,10 +317,28 @@ REGISTRY: dict[str, Dataset] = {
             tfds_name="fashion_mnist",
             tfds_splits=("train", "test"),
         ),
+        Dataset(
+            "cifar10-jpg",
+            (32, 32, 3),
+            10,
+            "CIFAR-10 test split as JPEGs (10,000): cifar10-jpg/test/<class>/*.jpg",
+            folder="cifar10-jpg",
+            reader=lambda folder: _read_cifar10_jpg(folder),
+        ),
     )
 }
 
 FMNIST_FILES = _idx_names(("train", "t10k"))
+
+
+def _read_cifar10_jpg(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    split = folder / "test"
+    if not split.is_dir():
+        raise DeepstabError(
+            f"Dataset 'cifar10-jpg' expects the CIFAR-10 test split as JPEGs in {split}/<class>/*.jpg "
+            f"(10 class folders). Point --data-dir or DEEPSTAB_DATA at the folder that holds cifar10-jpg/."
+        )
+    return load_folder(split)
 
 
 # ------------------------------------------------------------------- npz, folder
@@ -480,6 +498,8 @@ def _expected_files(dataset: Dataset) -> list[str]:
 
 
 def _local_files_present(dataset: Dataset, root: Path) -> bool:
+    if not dataset.files and not dataset.tfds_name:  # an image folder
+        return (root / dataset.folder).is_dir()
     return all((root / dataset.folder / name).is_file() for name in _expected_files(dataset))
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import torch
 from keras import ops
 
 from deepstab.augment import RandomShiftRotation
@@ -24,19 +23,7 @@ from deepstab.losses import VARIANTS, decs_loss, size_prior
 from deepstab.metrics import cluster_sizes
 from deepstab.networks import DEFAULT_FILTERS, build_conv_autoencoder
 from deepstab.thresholds import otsu_threshold
-
-
-def _images(data):
-    """The images of a batch given as ``x``, ``(x,)`` or ``(x, y[, w])``."""
-    return data[0] if isinstance(data, (tuple, list)) else data
-
-
-def _apply_gradients(model: keras.Model, loss, variables: list) -> None:
-    """Back-propagate ``loss`` and let the model's optimizer update ``variables``."""
-    model.zero_grad()
-    loss.backward()
-    with torch.no_grad():
-        model.optimizer.apply([v.value.grad for v in variables], variables)
+from deepstab.training import apply_gradients, images_of
 
 
 @keras.saving.register_keras_serializable(package="deepstab")
@@ -92,14 +79,14 @@ class ConvAutoencoder(keras.Model):
 
     def train_step(self, data):
         """One step of stage 1: MSE between augmented images and their reconstruction."""
-        x = self.augmented(_images(data))
+        x = self.augmented(images_of(data))
         loss = ops.mean(ops.square(self(x, training=True) - x))
-        _apply_gradients(self, loss, self.trainable_weights)
+        apply_gradients(self, loss, self.trainable_weights)
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 
     def test_step(self, data):
-        x = _images(data)
+        x = images_of(data)
         self.loss_tracker.update_state(ops.mean(ops.square(self(x) - x)))
         return {"loss": self.loss_tracker.result()}
 
@@ -267,7 +254,7 @@ class DECS(keras.Model):
 
     def train_step(self, data):
         """One clustering iteration of DECS on an augmented batch."""
-        x = self.autoencoder.augmented(_images(data))
+        x = self.autoencoder.augmented(images_of(data))
         z = self.encoder(x, training=True)
         q = self.clustering(z)  # Eq. 5
         t = otsu_threshold(q, self.nbins, value_range=(0.0, 1.0))  # constant threshold
@@ -276,7 +263,7 @@ class DECS(keras.Model):
             loss = loss + self.recon_weight * ops.mean(ops.square(self.autoencoder.decoder(z, training=True) - x))
         if self.size_prior_weight:
             loss = loss + self.size_prior_weight * size_prior(q)
-        _apply_gradients(self, loss, self._clustering_variables())
+        apply_gradients(self, loss, self._clustering_variables())
         self.loss_tracker.update_state(loss)
         self.threshold_tracker.update_state(t)
         return self.get_metrics_result()

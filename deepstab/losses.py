@@ -2,10 +2,15 @@
 
 DECS (IJCAI 2024): determinacy (Eq. 6), stability (Eq. 7) and the clustering
 loss (Eq. 8), in the paper's form and in the form of the authors' released code.
+
+LFSS (ICML 2025): the noisy self-distillation loss L_S (Eq. 9), NT-Xent for the
+instance-level loss L_I (Eq. 4), and cluster centres for the cluster-level loss L_C
+(Eqs. 5-8); MoCo's InfoNCE for the Table 6 variant.
 """
 
 from __future__ import annotations
 
+import keras
 from keras import ops
 
 VARIANTS = ("paper", "reference")
@@ -50,3 +55,70 @@ def size_prior(q):
     p = ops.mean(q, axis=0)
     k = ops.cast(ops.shape(q)[1], q.dtype)
     return ops.sum(p * ops.log(p * k + 1e-12))
+
+
+def _normalize(x, eps: float = 1e-12):
+    return x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), eps)
+
+
+def byol_loss(prediction, target):
+    """LFSS Eq. 9 for one view pair: ``mean_i 2 - 2 cos(prediction_i, target_i)``.
+
+    ``prediction`` is ``h(f_o(x^o) + σξ)``, ``target`` is ``f_t(x^t)`` (no gradient).
+    """
+    return ops.mean(2.0 - 2.0 * ops.sum(_normalize(prediction) * _normalize(target), axis=-1))
+
+
+def nt_xent(a, b, tau: float = 0.5, valid=None):
+    """NT-Xent (SimCLR) between rows of ``a`` and ``b`` (N, d): row ``i`` of ``a`` and of ``b``
+    form a positive pair; the other 2N - 2 rows of both are negatives; cosine similarity
+    over temperature ``tau``, averaged over the 2N anchors. Rows where ``valid`` (N,) is
+    False take no part, as anchors or as negatives.
+
+    LFSS Eq. 4 (L_I) applies it to ``f_o(x_i)`` and ``f_p(x_i)``; Eq. 8 (L_C) to the cluster
+    centres of the online and target embeddings.
+    """
+    n = ops.shape(a)[0]
+    z = _normalize(ops.concatenate([a, b], axis=0))
+    logits = ops.matmul(z, ops.transpose(z)) / tau
+    excluded = ops.eye(2 * n, dtype="bool")  # an anchor is not its own negative
+    if valid is not None:
+        valid2 = ops.concatenate([valid, valid], axis=0)
+        excluded = ops.logical_or(excluded, ops.logical_not(ops.expand_dims(valid2, 0)))
+    logits = ops.where(excluded, -1e9, logits)
+    partner = ops.concatenate([ops.arange(n) + n, ops.arange(n)], axis=0)
+    losses = keras.losses.sparse_categorical_crossentropy(partner, logits, from_logits=True)
+    if valid is None:
+        return ops.mean(losses)
+    weight = ops.cast(valid2, losses.dtype)
+    return ops.sum(losses * weight) / ops.maximum(ops.sum(weight), 1.0)
+
+
+def cluster_centres(z, labels, keep, n_clusters: int):
+    """LFSS Eqs. 5-6: the L2-normalised mean of the kept rows of ``z`` in each cluster.
+
+    Returns ``(centres (K, d), present (K,) bool)``; clusters with no kept row in the
+    batch are absent and their centre is zero.
+    """
+    onehot = ops.one_hot(labels, n_clusters, dtype=z.dtype) * ops.expand_dims(ops.cast(keep, z.dtype), 1)
+    counts = ops.sum(onehot, axis=0)
+    sums = ops.matmul(ops.transpose(onehot), _normalize(z))
+    return _normalize(sums / ops.maximum(ops.expand_dims(counts, 1), 1.0)), counts > 0
+
+
+def cluster_loss(z_online, z_target, labels, keep, n_clusters: int, tau: float = 0.5):
+    """LFSS L_C (Eqs. 7-8): NT-Xent between the online and target centres of the clusters
+    present among the batch's kept samples (same cluster positive, others negative)."""
+    c_online, present = cluster_centres(z_online, labels, keep, n_clusters)
+    c_target, _ = cluster_centres(z_target, labels, keep, n_clusters)
+    return nt_xent(c_online, c_target, tau, valid=present)
+
+
+def info_nce(query, key, queue, tau: float = 0.2):
+    """MoCo's InfoNCE: ``key_i`` is the positive of ``query_i``; the rows of ``queue`` (M, d)
+    are negatives."""
+    q, k, negatives = _normalize(query), _normalize(key), _normalize(queue)
+    positive = ops.sum(q * k, axis=-1, keepdims=True)
+    logits = ops.concatenate([positive, ops.matmul(q, ops.transpose(negatives))], axis=1) / tau
+    zeros = ops.zeros((ops.shape(q)[0],), dtype="int32")
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(zeros, logits, from_logits=True))

@@ -1,4 +1,5 @@
-"""Network builders: the DECS convolutional autoencoder (DECS §4.5, the authors' code).
+"""Network builders: the DECS convolutional autoencoder (DECS §4.5, the authors' code),
+and the ResNet backbones with MLP heads of LFSS (ICML 2025, §4.1).
 
 Encoder: Conv(32)-BN-MaxPool, Conv(64)-BN-MaxPool, Conv(128)-BN-MaxPool,
 Conv(256)-BN, Flatten, Dense(embedding). 3x3 kernels, ReLU. The decoder mirrors
@@ -66,3 +67,85 @@ def build_conv_autoencoder(
         h = layers.Cropping2D((pad_h, pad_w), data_format=CF)(h)
     decoder = keras.Model(code, layers.Permute((2, 3, 1), name="reconstruction")(h), name="decoder")
     return encoder, decoder
+
+
+# Blocks per stage and block type of each ResNet depth (He et al. 2016, Table 1).
+RESNETS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True)}
+CIFAR_STEM_MAX_SIDE = 32
+
+
+def _conv_bn(h, filters: int, kernel: int, stride: int = 1, relu: bool = True, name: str = ""):
+    h = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, data_format=CF, name=f"{name}conv")(h)
+    h = FusedBatchNormalization(name=f"{name}bn")(h)
+    return layers.ReLU()(h) if relu else h
+
+
+def _residual_block(h, filters: int, stride: int, bottleneck: bool, name: str):
+    """A basic (two 3x3 convs) or bottleneck (1x1, 3x3, 1x1 with 4x expansion) block."""
+    out_filters = filters * 4 if bottleneck else filters
+    shortcut = h
+    if stride != 1 or h.shape[1] != out_filters:
+        shortcut = _conv_bn(h, out_filters, 1, stride, relu=False, name=f"{name}down_")
+    if bottleneck:
+        h = _conv_bn(h, filters, 1, name=f"{name}a_")
+        h = _conv_bn(h, filters, 3, stride, name=f"{name}b_")
+        h = _conv_bn(h, out_filters, 1, relu=False, name=f"{name}c_")
+    else:
+        h = _conv_bn(h, filters, 3, stride, name=f"{name}a_")
+        h = _conv_bn(h, filters, 3, relu=False, name=f"{name}b_")
+    return layers.ReLU()(layers.Add()([h, shortcut]))
+
+
+def build_resnet(
+    input_shape: tuple[int, int, int], depth: int = 18, width: float = 1.0, cifar_stem: bool | None = None, name: str = "resnet"
+) -> keras.Model:
+    """ResNet-18, -34 or -50 mapping NHWC images to globally pooled features.
+
+    ``cifar_stem`` (3x3 first conv, stride 1, no max-pool) is chosen automatically
+    for images of at most 32x32 and the ImageNet stem (7x7 stride 2, max-pool)
+    otherwise. ``width`` scales every stage's channels (64, 128, 256, 512 at 1.0),
+    so that tests and CPU runs can use a small network.
+
+    Example:
+
+    >>> net = build_resnet((32, 32, 3), depth=18, width=0.125)
+    >>> net.output_shape
+    (None, 64)
+    """
+    if depth not in RESNETS:
+        raise ValueError(f"depth must be one of {sorted(RESNETS)}, got {depth!r}.")
+    if not width > 0:
+        raise ValueError(f"width must be positive, got {width!r}.")
+    blocks, bottleneck = RESNETS[depth]
+    height, side_w, channels = (int(s) for s in input_shape)
+    if cifar_stem is None:
+        cifar_stem = max(height, side_w) <= CIFAR_STEM_MAX_SIDE
+    stage_filters = [max(int(round(f * width)), 4) for f in (64, 128, 256, 512)]
+
+    inputs = keras.Input(shape=(height, side_w, channels), name="image")
+    h = layers.Permute((3, 1, 2))(inputs)
+    if cifar_stem:
+        h = _conv_bn(h, stage_filters[0], 3, name="stem_")
+    else:
+        h = _conv_bn(h, stage_filters[0], 7, 2, name="stem_")
+        h = layers.MaxPooling2D(3, strides=2, padding="same", data_format=CF)(h)
+    for stage, (n_blocks, filters) in enumerate(zip(blocks, stage_filters)):
+        for block in range(n_blocks):
+            stride = 2 if stage > 0 and block == 0 else 1
+            h = _residual_block(h, filters, stride, bottleneck, name=f"s{stage + 1}b{block + 1}_")
+    features = layers.GlobalAveragePooling2D(data_format=CF, name="features")(h)
+    return keras.Model(inputs, features, name=name)
+
+
+def build_mlp(input_dim: int, hidden: int = 4096, output_dim: int = 256, name: str = "mlp") -> keras.Model:
+    """BYOL's projector / predictor: Dense(hidden)-BN-ReLU-Dense(output_dim).
+
+    Example:
+
+    >>> build_mlp(64, hidden=32, output_dim=16).output_shape
+    (None, 16)
+    """
+    inputs = keras.Input(shape=(int(input_dim),))
+    h = layers.Dense(hidden, use_bias=False)(inputs)
+    h = layers.ReLU()(FusedBatchNormalization()(h))
+    return keras.Model(inputs, layers.Dense(output_dim)(h), name=name)

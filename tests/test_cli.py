@@ -105,3 +105,26 @@ def test_help_documents_defaults(command):
         for option in ("--pretrain-epochs", "--iterations", "--batch-size", "--variant", "--alpha", "--lam", "--seed", "--output", "--preset"):
             assert option in result.output
         assert "[default: paper]" in result.output and "[default: 256]" in result.output
+
+
+def test_stability_writes_every_promised_file(tmp_path, blobs_npz):
+    out = tmp_path / "report"
+    result = invoke(
+        "stability", "--dataset", f"npz:{blobs_npz}", "--epochs", "3", "--pretrain-epochs", "1",
+        "--bins", "5", "--output", out, "--models-dir", tmp_path / "models",
+    )
+    assert result.exit_code == 0, result.output
+    assert "observed / random" in result.output and "Accuracy by stability bin" in result.output
+    for name in ("stability.csv", "summary.json", "report.html", "accuracy_by_stability.png", "recurrence.png", "unstable_samples.png", "stable_samples.png", "model.keras"):
+        assert (out / name).is_file(), name
+    with open(out / "stability.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 120 and list(rows[0]) == ["index", "label", "epoch_1", "epoch_2", "epoch_3", "cluster"]
+    # continuing the saved model tracks it further
+    again = invoke("stability", "--dataset", f"npz:{blobs_npz}", "--epochs", "2", "--model", out / "model.keras", "--output", tmp_path / "more")
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "more" / "report.html").is_file()
+
+
+def test_stability_bad_settings(blobs_npz):
+    assert_clean_error(invoke("stability", "--dataset", f"npz:{blobs_npz}", "--epochs", "2", "--track-every", "3"), "track_every must lie between")

@@ -44,8 +44,11 @@ def test_interrupted_pretraining_resumes_from_the_backup(tmp_path, blobs_npz, mo
 
 
 def test_presets_and_explicit_overrides():
-    default = DECSRun()
-    assert (default.pretrain_epochs, default.pretrain_batch_size, default.cluster_epochs) == (50, 32, 80)
+    digits = DECSRun()
+    assert (digits.pretrain_epochs, digits.pretrain_batch_size, digits.cluster_epochs) == (30, 32, 60)
+    usps = DECSRun(dataset="usps")
+    assert (usps.pretrain_epochs, usps.pretrain_batch_size, usps.iterations, usps.cluster_epochs) == (500, 256, 3000, None)
+    assert DECSRun(dataset="usps", preset="quick").pretrain_epochs == 10
     paper = DECSRun(preset="paper")
     assert (paper.pretrain_epochs, paper.pretrain_batch_size, paper.iterations) == (500, 256, 10000)
     mixed = DECSRun(iterations=100, pretrain_epochs=3)
