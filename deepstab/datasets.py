@@ -259,6 +259,35 @@ MNIST_SHA256 = {
 }
 USPS_URL = "http://www-i6.informatik.rwth-aachen.de/~keysers/"
 
+# ImageNet subsets (DESIGN §8): ImageNet-10 and the 15 dog classes of ImageNet-Dogs (Chang et
+# al. 2017, as used by the LFSS and Contrastive Clustering code), read from a local ImageNet-style
+# folder and resized to 96x96.
+IMAGENET10_WNIDS = (
+    "n02056570", "n02085936", "n02128757", "n02690373", "n02692877",
+    "n03095699", "n04254680", "n04285008", "n04467665", "n07747607",
+)
+IMAGENET_DOGS_WNIDS = (
+    "n02085936", "n02086646", "n02088238", "n02091467", "n02097130",
+    "n02099601", "n02101388", "n02101556", "n02102177", "n02105056",
+    "n02105412", "n02105855", "n02107142", "n02110958", "n02112137",
+)
+IMAGENET_SIDE = 96
+
+
+
+
+def _imagenet_subset(name: str, title: str, wnids: tuple[str, ...]) -> Dataset:
+    return Dataset(
+        name,
+        (IMAGENET_SIDE, IMAGENET_SIDE, 3),
+        len(wnids),
+        f"{title} ({len(wnids)} WNIDs, {1300 * len(wnids):,} images) from a local ImageNet folder "
+        f"imagenet/train/<wnid>/, resized to {IMAGENET_SIDE}x{IMAGENET_SIDE}",
+        folder="imagenet",
+        reader=lambda folder: load_wnid_folder(folder, wnids),
+    )
+
+
 REGISTRY: dict[str, Dataset] = {
     d.name: d
     for d in (
@@ -325,10 +354,39 @@ REGISTRY: dict[str, Dataset] = {
             folder="cifar10-jpg",
             reader=lambda folder: _read_cifar10_jpg(folder),
         ),
+        _imagenet_subset("imagenet10", "ImageNet-10", IMAGENET10_WNIDS),
+        _imagenet_subset("imagenet-dogs", "ImageNet-Dogs", IMAGENET_DOGS_WNIDS),
     )
 }
 
 FMNIST_FILES = _idx_names(("train", "t10k"))
+
+
+def load_wnid_folder(folder: Path, wnids: tuple[str, ...], side: int = IMAGENET_SIDE) -> tuple[np.ndarray, np.ndarray]:
+    """Read the classes ``wnids`` (in that order, labels 0..) from an ImageNet-style folder
+    (``folder/train/<wnid>/*`` or ``folder/<wnid>/*``), every image resized to ``side`` x ``side`` RGB."""
+    from PIL import Image
+
+    base = folder / "train" if (folder / "train").is_dir() else folder
+    missing = [w for w in wnids if not (base / w).is_dir()]
+    if missing:
+        raise DeepstabError(
+            f"The ImageNet folder {base} lacks the class folders {', '.join(missing[:5])}"
+            f"{' and more' if len(missing) > 5 else ''} ({len(missing)} of {len(wnids)}). Put the ImageNet training "
+            f"images as {base}/<wnid>/*.JPEG, or point --data-dir at the folder that holds imagenet/."
+        )
+    images, labels = [], []
+    for label, wnid in enumerate(wnids):
+        for path in sorted(p for p in (base / wnid).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
+            try:
+                with Image.open(path) as image:
+                    images.append(np.asarray(image.convert("RGB").resize((side, side), Image.BILINEAR)))
+            except OSError as exc:
+                raise DeepstabError(f"Cannot read the image {path} ({exc}). Remove or replace it.") from exc
+            labels.append(label)
+    if not images:
+        raise DeepstabError(f"No images found under {base} for the classes {', '.join(wnids)}.")
+    return np.stack(images).astype(np.float32) / 255.0, np.array(labels, dtype=np.int64)
 
 
 def _read_cifar10_jpg(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -503,6 +561,10 @@ def _local_files_present(dataset: Dataset, root: Path) -> bool:
     return all((root / dataset.folder / name).is_file() for name in _expected_files(dataset))
 
 
+def _downloadable(dataset: Dataset) -> bool:
+    return bool(dataset.tfds_name) or any(f.url for f in dataset.files)
+
+
 def is_available(name: str, data_dir: str | os.PathLike | None = None) -> bool:
     """Whether ``name`` can be loaded now without a download."""
     dataset = REGISTRY[name]
@@ -521,7 +583,7 @@ def describe(data_dir: str | os.PathLike | None = None) -> list[dict[str, str]]:
                 "name": name,
                 "shape": "x".join(map(str, d.shape)),
                 "source": d.source,
-                "available": f"yes ({where})" if here else f"no: put files in {root / d.folder} or allow download",
+                "available": f"yes ({where})" if here else f"no: put files in {root / d.folder}" + (" or allow download" if _downloadable(d) else ""),
             }
         )
     rows.append({"name": "npz:PATH", "shape": "any", "source": "a .npz file with 'x' (N,H,W[,C]) and optional 'y'", "available": "-"})

@@ -189,23 +189,18 @@ def write_report(
     y: np.ndarray | None = None,
     clusters: np.ndarray | None = None,
     confidence: np.ndarray | None = None,
-    bins: int = 10,
-    share: float = 0.1,
-    n_extreme: int = 32,
     description: str = "",
     extra: dict | None = None,
-    recurrence_epochs: int | None = None,
+    **options,
 ) -> dict:
     """Analyse a stability record and write the report files into ``output_dir``; return
-    the summary (what ``summary.json`` holds)."""
+    the summary (what ``summary.json`` holds). ``options`` go to
+    :func:`deepstab.stability.analyse` (``bins``, ``share``, ``n_extreme``, ``recurrence_epochs``)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if len(epochs) == 0:
         raise DeepstabError("No epoch was tracked, so there is nothing to report: train for at least --track-every epochs.")
-    summary = analyse(
-        stability, epochs, y=y, clusters=clusters, confidence=confidence, bins=bins, share=share,
-        n_extreme=n_extreme, recurrence_epochs=recurrence_epochs,
-    )
+    summary = analyse(stability, epochs, y=y, clusters=clusters, confidence=confidence, **options)
     summary["description"] = description
     summary.update(extra or {})
     write_stability_csv(out / "stability.csv", stability, epochs, y=y, clusters=clusters)

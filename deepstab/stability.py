@@ -323,7 +323,7 @@ def analyse(
     confidence: np.ndarray | None = None,
     bins: int = 10,
     share: float = 0.1,
-    n_extreme: int = 64,
+    n_extreme: int = 32,
     recurrence_epochs: int | None = None,
 ) -> dict:
     """The three analyses of a stability record, as one JSON-ready dict. The recurrence

@@ -219,3 +219,29 @@ def test_describe_lists_every_dataset(tmp_path, shared_data):
     assert rows["usps"]["available"].startswith("yes") and rows["usps"]["shape"] == "16x16x1"
     assert rows["fmnist"]["available"].startswith("no")
     assert datasets.is_available("digits", tmp_path)
+
+
+def test_imagenet10_reads_only_its_wnids(tmp_path):
+    from PIL import Image
+
+    from deepstab.datasets import IMAGENET10_WNIDS
+
+    rng = np.random.default_rng(0)
+    for i, wnid in enumerate(IMAGENET10_WNIDS + ("n01440764",)):  # plus a class that is not in ImageNet-10
+        folder = tmp_path / "imagenet" / "train" / wnid
+        folder.mkdir(parents=True)
+        for j in range(2):
+            size = (40 + 7 * j, 30 + i)  # sizes differ: everything is resized to 96x96
+            Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"{wnid}_{j}.JPEG")
+    x, y = datasets.load("imagenet10", tmp_path)
+    assert x.shape == (20, 96, 96, 3) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    assert y.tolist() == [i for i in range(10) for _ in range(2)]
+    (tmp_path / "imagenet" / "train" / IMAGENET10_WNIDS[3] / f"{IMAGENET10_WNIDS[3]}_0.JPEG").write_bytes(b"not a jpeg")
+    with pytest.raises(DeepstabError, match="Cannot read the image"):
+        datasets.load("imagenet10", tmp_path)
+
+
+def test_imagenet_dogs_names_the_missing_classes(tmp_path):
+    (tmp_path / "imagenet" / "train").mkdir(parents=True)
+    with pytest.raises(DeepstabError, match="lacks the class folders n02085936"):
+        datasets.load("imagenet-dogs", tmp_path)

@@ -1,0 +1,104 @@
+"""Images/second of one LFSS training step: deepstab (Keras, torch backend) vs plain PyTorch.
+
+Both sides run the same computation (``bench/torch_lfss_reference.py``): two SimCLR views of a
+batch, ResNet-18 with the CIFAR stem at 32x32 and a 4096 -> 256 projector for the online, target
+and predecessor networks, the predictor, L_S + λ (L_I + L_C) with L_C active, an SGD update
+and the EMA update, with the same thread count. Each side runs in its own process, so the
+peak resident memory printed is its own. The Keras side is timed through ``model.fit``: the
+time from the start of one batch to the start of the next, median over the timed batches.
+
+    python bench/lfss_bench.py                      # batch 64, full-width ResNet-18
+    python bench/lfss_bench.py --width 0.25 --steps 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def keras_side(args) -> list[float]:
+    import deepstab  # noqa: F401  (selects the torch backend)
+    import keras
+    import numpy as np
+
+    from deepstab.lfss import IndexedImages, LFSSModel, lfss_optimizer
+
+    x = np.random.default_rng(0).random((args.batch * (args.steps + 1), 32, 32, 3), dtype=np.float32)
+    model = LFSSModel((32, 32, 3), 10, width=args.width, eta=10**6, seed=0)  # no epoch-end k-means
+    model.set_cluster_state(np.arange(len(x)) % 10, np.arange(len(x)) % 10 != 0)  # L_C active
+    model.use_stability = True
+    data = IndexedImages(x, args.batch, seed=0)
+    model.compile(optimizer=lfss_optimizer(0.05, 1000))
+    starts: list[float] = []
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            starts.append(time.perf_counter())
+
+        def on_train_end(self, logs=None):
+            starts.append(time.perf_counter())
+
+    model.fit(data, epochs=1, verbose=0, callbacks=[Clock()])
+    return [b - a for a, b in zip(starts[1:], starts[2:])]  # the first batch warms up
+
+
+def torch_side(args) -> list[float]:
+    import torch
+    from torch_lfss_reference import TorchLFSS
+
+    torch.manual_seed(0)
+    x = torch.rand(args.batch * (args.steps + 1), 3, 32, 32)
+    net = TorchLFSS(width=args.width)
+    labels = torch.arange(len(x)) % 10
+    keep = labels != 0
+    times = []
+    order = torch.randperm(len(x))
+    for i in range(args.steps + 1):
+        start = time.perf_counter()
+        index = order[i * args.batch : (i + 1) * args.batch].sort().values
+        net.step(x[index], labels[index], keep[index])
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps after one warm-up step")
+    parser.add_argument("--side", choices=["keras", "torch"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        times = (keras_side if args.side == "keras" else torch_side)(args)
+        times.sort()
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"rate": args.batch / times[len(times) // 2], "peak_mib": peak_mib}))
+        return
+
+    import torch
+
+    results = {}
+    for side in ("keras", "torch"):
+        command = [sys.executable, __file__, "--side", side, "--batch", str(args.batch), "--width", str(args.width), "--steps", str(args.steps)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        results[side] = json.loads(output.strip().splitlines()[-1])
+    print(
+        f"LFSS train step, ResNet-18 x{args.width:g} (CIFAR stem), 32x32x3, batch {args.batch}, median of {args.steps} steps, "
+        f"torch threads {torch.get_num_threads()}, torch {torch.__version__}"
+    )
+    print(f"{'side':<8}{'images/s':>10}{'peak RSS MiB':>14}")
+    for side, r in results.items():
+        print(f"{side:<8}{r['rate']:>10.1f}{r['peak_mib']:>14.0f}")
+    print(f"ratio keras/torch: {results['keras']['rate'] / results['torch']['rate']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
