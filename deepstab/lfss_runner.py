@@ -155,18 +155,30 @@ def build_model(run: LFSSRun, x: np.ndarray, k: int) -> LFSSModel:
     )
 
 
-def run_lfss(run: LFSSRun) -> LFSSResult:
+def run_lfss(
+    run: LFSSRun,
+    callbacks: list | None = None,
+    model: LFSSModel | None = None,
+    data: tuple[np.ndarray, np.ndarray | None] | None = None,
+) -> LFSSResult:
     """Load the data, train LFSS with checkpoints (resumable), evaluate k-means on the target
-    embeddings (mean of ``eval_runs`` runs), save the model and its labels."""
+    embeddings (mean of ``eval_runs`` runs), save the model and its labels.
+
+    ``callbacks`` are added to ``fit``; ``model``, a trained LFSS model, is trained further
+    instead of a new one; ``data``, ``(x, y)`` already loaded, saves loading it again.
+    """
     keras.utils.set_random_seed(run.seed)
-    x, y = datasets.load(run.dataset, run.data_dir)
+    x, y = data if data is not None else datasets.load(run.dataset, run.data_dir)
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise DeepstabError(f"LFSS needs images (N, H, W, 1 or 3); {run.dataset!r} has shape {x.shape}.")
     k = choose_n_clusters(run, y, len(x))
     batch_size = min(run.batch_size, len(x))
-    data = IndexedImages(x, batch_size, seed=run.seed)
-    model = build_model(run, x, k)
-    model.compile(optimizer=lfss_optimizer(run.lr * batch_size / 256, len(data) * run.epochs))
+    batches = IndexedImages(x, batch_size, seed=run.seed)
+    if model is None:
+        model = build_model(run, x, k)
+    elif model.image_shape != tuple(x.shape[1:]):
+        raise DeepstabError(f"The model takes images of shape {model.image_shape}, but {run.dataset!r} has {tuple(x.shape[1:])}.")
+    model.compile(optimizer=lfss_optimizer(run.lr * batch_size / 256, len(batches) * run.epochs))
     checkpoints = run.checkpoint_dir
     if checkpoints.exists() and not run.resume:
         raise DeepstabError(
@@ -176,10 +188,10 @@ def run_lfss(run: LFSSRun) -> LFSSResult:
     backup = LFSSCheckpoint(str(checkpoints), every=run.checkpoint_every)
     print(
         f"LFSS ({run.base}{'' if run.stability else ', no stability losses'}) on {run.dataset}: {len(x)} images, "
-        f"K={k}, ResNet-{run.depth} x{run.width:g}, {run.epochs} epochs of {len(data)} batches of {batch_size}, η={run.eta}"
+        f"K={k}, ResNet-{run.depth} x{run.width:g}, {run.epochs} epochs of {len(batches)} batches of {batch_size}, η={run.eta}"
     )
     start = time.perf_counter()
-    history = model.fit(data, epochs=run.epochs, callbacks=[backup], verbose=run.verbose).history
+    history = model.fit(batches, epochs=run.epochs, callbacks=[backup, *(callbacks or [])], verbose=run.verbose).history
     seconds = time.perf_counter() - start
     shutil.rmtree(checkpoints, ignore_errors=True)
 

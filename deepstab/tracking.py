@@ -15,17 +15,21 @@ from pathlib import Path
 from deepstab import datasets
 from deepstab.decs import DECS
 from deepstab.errors import DeepstabError
+from deepstab.lfss import LFSSModel
+from deepstab.lfss_runner import LFSSRun, run_lfss
 from deepstab.runner import DECSRun, run_decs
 from deepstab.saving import load_model
 from deepstab.stability import SampleStabilityTracker
 
-# Methods whose training the job can track. LFSS, DEC, IDEC and DCN join as they land.
-METHODS = ("decs",)
+# Methods whose training the job can track. DEC, IDEC and DCN join as they land.
+METHODS = ("decs", "lfss")
 
 
 @dataclass
 class StabilityRun:
-    """A tracked training run: the DECS schedule (``decs``) plus what to track and where to report."""
+    """A tracked training run plus what to track and where to report. ``decs`` pretrains (or
+    reuses) the autoencoder by ``preset`` and tracks ``epochs`` clustering epochs; ``lfss``
+    trains its ``cpu`` preset for ``epochs`` epochs."""
 
     dataset: str = "digits"
     method: str = "decs"
@@ -56,41 +60,55 @@ class StabilityRun:
 
 
 def run_stability(run: StabilityRun) -> dict:
-    """Train ``run.method`` for ``run.epochs`` clustering epochs with a
-    :class:`SampleStabilityTracker`, then write the report to ``run.output``; return its summary."""
+    """Train ``run.method`` for ``run.epochs`` epochs with a :class:`SampleStabilityTracker`,
+    then write the report to ``run.output``; return its summary."""
     out = Path(run.output)
-    decs_run = DECSRun(
-        dataset=run.dataset,
-        data_dir=run.data_dir,
-        preset=run.preset,
-        pretrain_epochs=run.pretrain_epochs,
-        pretrain_batch_size=run.pretrain_batch_size,
-        iterations=None,
-        cluster_epochs=run.epochs,
-        seed=run.seed,
-        output=str(out / "model.keras"),
-        models_dir=run.models_dir,
-        eval_every=max(run.epochs // 5, 1),
-    )
     x, y = datasets.load(run.dataset, run.data_dir)
-    model = load_model(run.model, expect=DECS) if run.model else None
     tracker = SampleStabilityTracker(x, every=run.track_every)
-    result = run_decs(decs_run, callbacks=[tracker], model=model, data=(x, y))
-    fit_seconds = result.cluster_seconds - tracker.seconds
+    if run.method == "decs":
+        decs_run = DECSRun(
+            dataset=run.dataset,
+            data_dir=run.data_dir,
+            preset=run.preset,
+            pretrain_epochs=run.pretrain_epochs,
+            pretrain_batch_size=run.pretrain_batch_size,
+            cluster_epochs=run.epochs,
+            seed=run.seed,
+            output=str(out / "model.keras"),
+            models_dir=run.models_dir,
+            eval_every=max(run.epochs // 5, 1),
+        )
+        model = load_model(run.model, expect=DECS) if run.model else None
+        result = run_decs(decs_run, callbacks=[tracker], model=model, data=(x, y))
+        labels, confidence, metrics, seconds = result.labels, result.confidence, result.metrics, result.cluster_seconds
+    else:  # lfss: the CPU-sized network, trained for run.epochs with the warm-up at half of them
+        lfss_run = LFSSRun(
+            dataset=run.dataset,
+            data_dir=run.data_dir,
+            preset="cpu",
+            epochs=run.epochs,
+            eta=max(run.epochs // 2, 1),
+            seed=run.seed,
+            output=str(out / "model.keras"),
+        )
+        model = load_model(run.model, expect=LFSSModel) if run.model else None
+        result = run_lfss(lfss_run, callbacks=[tracker], model=model, data=(x, y))
+        labels, confidence, metrics, seconds = result.labels, None, result.metrics, result.seconds
+    fit_seconds = seconds - tracker.seconds
     extra = {
         "dataset": run.dataset,
         "method": run.method,
-        "clustering_epochs": run.epochs,
+        "epochs": run.epochs,
         "track_every": run.track_every,
-        "final_metrics": result.metrics,
+        "final_metrics": metrics,
         "tracking_seconds": round(tracker.seconds, 2),
         "training_seconds": round(fit_seconds, 2),
     }
     description = (
-        f"{run.method.upper()} on {run.dataset}, {run.epochs} clustering epochs, tracked every {run.track_every}; "
+        f"{run.method.upper()} on {run.dataset}, {run.epochs} epochs, tracked every {run.track_every}; "
         f"tracking took {tracker.seconds:.0f} s beside {fit_seconds:.0f} s of training."
     )
     return tracker.report(
-        out, y=y, clusters=result.labels, confidence=result.confidence, bins=run.bins, share=run.share,
-        recurrence_epochs=run.recurrence_epochs, description=description, extra=extra
+        out, y=y, clusters=labels, confidence=confidence, bins=run.bins, share=run.share,
+        recurrence_epochs=run.recurrence_epochs, description=description, extra=extra,
     )

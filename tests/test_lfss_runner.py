@@ -91,3 +91,14 @@ def test_cli_lfss_bad_input(tmp_path, colour_npz):
     assert result.exit_code == 2 and result.output.startswith("Error: epochs must be a positive")
     result = CliRunner().invoke(cli.cli, ["lfss", "--dataset", f"npz:{colour_npz}", "--n-clusters", "100", *TINY_CLI])
     assert result.exit_code == 2 and "larger than the number of samples" in result.output
+
+
+def test_stability_tracks_lfss(tmp_path, colour_npz):
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        cli.cli, ["stability", "--method", "lfss", "--dataset", f"npz:{colour_npz}", "--epochs", "2", "--bins", "5", "--output", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "report.html").is_file() and (out / "model.keras").is_file()
+    with open(out / "stability.csv") as handle:
+        assert handle.readline().strip() == "index,label,epoch_1,epoch_2,cluster"
