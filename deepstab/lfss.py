@@ -157,10 +157,10 @@ class LFSSModel(keras.Model):
             self.queue_pointer = self.add_weight(shape=(), initializer="zeros", dtype="int64", trainable=False, name="queue_pointer")
         self.copy_online_to_target()
         self.copy_target_to_predecessor()
-        # Per-sample state of L_C, set by LFSSEpochEnd after the warm-up (not saved: recomputed).
+        # Per-sample state of L_C, set by LFSSEpochEnd after the warm-up (LFSSCheckpoint saves it).
         self.pseudo_labels: torch.Tensor | None = None
         self.keep: torch.Tensor | None = None
-        self.last_stability: np.ndarray | None = None
+        self._predictor_ids = {id(v) for v in (self.predictor.trainable_weights if self.predictor else [])}
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "l_s", "l_i", "l_c")}
 
     # ---------------------------------------------------------------- networks
@@ -181,13 +181,11 @@ class LFSSModel(keras.Model):
         return self.target(self.normalise(ops.convert_to_tensor(x)), training=False)
 
     def copy_online_to_target(self) -> None:
-        for t, o in zip(self.target.weights, self.online.weights):
-            t.assign(o.value)
+        _copy_weights(self.online, self.target)
 
     def copy_target_to_predecessor(self) -> None:
         """``f_p ← f_t``: done at the end of every epoch (LFSS §3.2)."""
-        for p, t in zip(self.predecessor.weights, self.target.weights):
-            p.assign(t.value)
+        _copy_weights(self.target, self.predecessor)
 
     @torch.no_grad()
     def update_target(self) -> None:
@@ -285,11 +283,10 @@ class LFSSModel(keras.Model):
 
     def _grad_transform(self, grads, variables):
         """PyTorch-style L2 weight decay, and the predictor's 10x learning rate."""
-        predictor = {id(v) for v in (self.predictor.trainable_weights if self.predictor else [])}
         out = []
         for g, v in zip(grads, variables):
             g = g + self.weight_decay * v.value if self.weight_decay else g
-            out.append(g * self.predictor_lr_scale if id(v) in predictor else g)
+            out.append(g * self.predictor_lr_scale if id(v) in self._predictor_ids else g)
         return out
 
     def trainable_variables_of_step(self) -> list:
@@ -361,7 +358,6 @@ class LFSSModel(keras.Model):
         keep = np.ones(len(x), bool)
         keep[np.argsort(stability, kind="stable")[:n_drop]] = False
         self.set_cluster_state(labels, keep)
-        self.last_stability = stability
         return stability
 
     def set_cluster_state(self, labels: np.ndarray, keep: np.ndarray) -> None:
@@ -438,6 +434,11 @@ class LFSSCheckpoint(keras.callbacks.BackupAndRestore):
         if model.pseudo_labels is not None:
             with atomic_path(self.state_path) as partial:
                 np.savez(partial, labels=ops.convert_to_numpy(model.pseudo_labels), keep=ops.convert_to_numpy(model.keep))
+
+
+def _copy_weights(source: keras.Model, destination: keras.Model) -> None:
+    for d, s in zip(destination.weights, source.weights):
+        d.assign(s.value)
 
 
 def _unit(z: np.ndarray) -> np.ndarray:
