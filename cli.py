@@ -92,7 +92,7 @@ def decs(**options):
 @click.option("--delta", type=float, default=0.1, help="Share δ of least stable samples left out of the cluster-level loss.")
 @click.option("--lam", type=float, default=0.1, help="Weight λ of L_I + L_C (Eq. 10).")
 @click.option("--tau", type=float, default=0.5, help="NT-Xent temperature τ.")
-@click.option("--momentum", type=float, default=0.996, help="EMA momentum of the target network.")
+@click.option("--momentum", type=float, default=None, help="EMA momentum of the target network. [default: from --preset]")
 @click.option("--weight-decay", type=float, default=5e-4, help="L2 weight decay.")
 @click.option("--depth", type=click.Choice(["18", "34", "50"]), default=None, help="ResNet depth. [default: from --preset]")
 @click.option("--width", type=float, default=None, help="ResNet channel multiplier. [default: from --preset]")
@@ -128,7 +128,7 @@ def predict(model_path, dataset, data_dir, output):
     from deepstab.saving import load_model
 
     model = load_model(model_path, expect=(DECS, LFSSModel))
-    x, y = datasets.load(dataset, data_dir)
+    x, y = datasets.load(dataset, data_dir, stream=isinstance(model, LFSSModel))
     expected = tuple(model.autoencoder.image_shape if isinstance(model, DECS) else model.image_shape)
     if tuple(x.shape[1:]) != expected:
         raise DeepstabError(

@@ -29,7 +29,8 @@ def keras_side(args) -> list[float]:
     import keras
     import numpy as np
 
-    from deepstab.lfss import IndexedImages, LFSSModel, lfss_optimizer
+    from deepstab.lfss import LFSSModel, lfss_optimizer
+    from deepstab.training import IndexedImages
 
     x = np.random.default_rng(0).random((args.batch * (args.steps + 1), 32, 32, 3), dtype=np.float32)
     model = LFSSModel((32, 32, 3), 10, width=args.width, eta=10**6, seed=0)  # no epoch-end k-means

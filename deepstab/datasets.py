@@ -36,6 +36,7 @@ import numpy as np
 
 from deepstab.errors import DeepstabError
 from deepstab.files import atomic_path
+from deepstab.image_store import Source, cache_paths, class_folder_source, open_cached, tfds_source, to_unit_float
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
 
@@ -68,6 +69,10 @@ class Dataset:
     reader: Callable[[Path], tuple[np.ndarray, np.ndarray | None]] | None = None
     tfds_name: str | None = None
     tfds_splits: tuple[str, ...] = ()
+    tfds_label: str = "label"
+    # Large datasets: a function of the dataset folder giving the images one by one, kept as a
+    # uint8 cache on disk and read batch by batch (``deepstab.image_store``).
+    stored: Callable[[Path], Source] | None = None
 
 
 def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
@@ -272,8 +277,7 @@ IMAGENET_DOGS_WNIDS = (
     "n02105412", "n02105855", "n02107142", "n02110958", "n02112137",
 )
 IMAGENET_SIDE = 96
-
-
+TINY_IMAGENET_SIDE = 64
 
 
 def _imagenet_subset(name: str, title: str, wnids: tuple[str, ...]) -> Dataset:
@@ -284,7 +288,14 @@ def _imagenet_subset(name: str, title: str, wnids: tuple[str, ...]) -> Dataset:
         f"{title} ({len(wnids)} WNIDs, {1300 * len(wnids):,} images) from a local ImageNet folder "
         f"imagenet/train/<wnid>/, resized to {IMAGENET_SIDE}x{IMAGENET_SIDE}",
         folder="imagenet",
-        reader=lambda folder: load_wnid_folder(folder, wnids),
+        stored=lambda folder: wnid_source(folder, wnids),
+    )
+
+
+def _tfds_stored(name: str, shape: tuple[int, int, int], n_classes: int, source: str, tfds_name: str, splits: tuple[str, ...], label: str = "label") -> Dataset:
+    return Dataset(
+        name, shape, n_classes, source, folder=name, tfds_name=tfds_name, tfds_splits=splits, tfds_label=label,
+        stored=lambda folder: _tfds_call(REGISTRY[name], folder.parent, lambda: tfds_source(tfds_name, splits, label, folder.parent / "tfds")),
     )
 
 
@@ -354,6 +365,34 @@ REGISTRY: dict[str, Dataset] = {
             folder="cifar10-jpg",
             reader=lambda folder: _read_cifar10_jpg(folder),
         ),
+        _tfds_stored("cifar10", (32, 32, 3), 10, "CIFAR-10 train+test (60,000) from tensorflow-datasets 'cifar10'", "cifar10", ("train", "test")),
+        _tfds_stored(
+            "cifar20",
+            (32, 32, 3),
+            20,
+            "CIFAR-100 train+test (60,000) with its 20 coarse labels, from tensorflow-datasets 'cifar100'",
+            "cifar100",
+            ("train", "test"),
+            label="coarse_label",
+        ),
+        _tfds_stored(
+            "stl10",
+            (96, 96, 3),
+            10,
+            "STL-10 train+test (13,000 labelled) + unlabelled (100,000, label -1, trained on, not scored), "
+            "from tensorflow-datasets 'stl10'",
+            "stl10",
+            ("train", "test", "unlabelled"),
+        ),
+        Dataset(
+            "tiny-imagenet",
+            (TINY_IMAGENET_SIDE, TINY_IMAGENET_SIDE, 3),
+            200,
+            "Tiny-ImageNet train split (100,000, 200 classes) from a local folder "
+            "tiny-imagenet/tiny-imagenet-200/train/<wnid>/images/ (the extracted tiny-imagenet-200.zip)",
+            folder="tiny-imagenet",
+            stored=lambda folder: tiny_imagenet_source(folder),
+        ),
         _imagenet_subset("imagenet10", "ImageNet-10", IMAGENET10_WNIDS),
         _imagenet_subset("imagenet-dogs", "ImageNet-Dogs", IMAGENET_DOGS_WNIDS),
     )
@@ -362,11 +401,9 @@ REGISTRY: dict[str, Dataset] = {
 FMNIST_FILES = _idx_names(("train", "t10k"))
 
 
-def load_wnid_folder(folder: Path, wnids: tuple[str, ...], side: int = IMAGENET_SIDE) -> tuple[np.ndarray, np.ndarray]:
-    """Read the classes ``wnids`` (in that order, labels 0..) from an ImageNet-style folder
+def wnid_source(folder: Path, wnids: tuple[str, ...], side: int = IMAGENET_SIDE) -> Source:
+    """The classes ``wnids`` (in that order, labels 0..) of an ImageNet-style folder
     (``folder/train/<wnid>/*`` or ``folder/<wnid>/*``), every image resized to ``side`` x ``side`` RGB."""
-    from PIL import Image
-
     base = folder / "train" if (folder / "train").is_dir() else folder
     missing = [w for w in wnids if not (base / w).is_dir()]
     if missing:
@@ -375,18 +412,27 @@ def load_wnid_folder(folder: Path, wnids: tuple[str, ...], side: int = IMAGENET_
             f"{' and more' if len(missing) > 5 else ''} ({len(missing)} of {len(wnids)}). Put the ImageNet training "
             f"images as {base}/<wnid>/*.JPEG, or point --data-dir at the folder that holds imagenet/."
         )
-    images, labels = [], []
-    for label, wnid in enumerate(wnids):
-        for path in sorted(p for p in (base / wnid).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
-            try:
-                with Image.open(path) as image:
-                    images.append(np.asarray(image.convert("RGB").resize((side, side), Image.BILINEAR)))
-            except OSError as exc:
-                raise DeepstabError(f"Cannot read the image {path} ({exc}). Remove or replace it.") from exc
-            labels.append(label)
-    if not images:
-        raise DeepstabError(f"No images found under {base} for the classes {', '.join(wnids)}.")
-    return np.stack(images).astype(np.float32) / 255.0, np.array(labels, dtype=np.int64)
+    return _nonempty(class_folder_source(base, wnids, side, IMAGE_EXTENSIONS), base)
+
+
+def tiny_imagenet_source(folder: Path) -> Source:
+    """Tiny-ImageNet's training split: ``tiny-imagenet-200/train/<wnid>/images/*.JPEG`` under
+    ``folder`` (or ``folder/train/...``), classes in sorted WNID order."""
+    base = next((b for b in (folder / "tiny-imagenet-200" / "train", folder / "train") if b.is_dir()), None)
+    if base is None:
+        raise DeepstabError(
+            f"Tiny-ImageNet is read from {folder}/tiny-imagenet-200/train/<wnid>/images/*.JPEG: extract "
+            f"tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip) into {folder}, or point "
+            f"--data-dir at the folder that holds tiny-imagenet/."
+        )
+    classes = tuple(sorted(p.name for p in base.iterdir() if p.is_dir()))
+    return _nonempty(class_folder_source(base, classes, TINY_IMAGENET_SIDE, IMAGE_EXTENSIONS), base)
+
+
+def _nonempty(source: Source, base: Path) -> Source:
+    if source[0] == 0:
+        raise DeepstabError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in the class folders of {base}.")
+    return source
 
 
 def _read_cifar10_jpg(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -515,26 +561,36 @@ def load_folder(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]
 # ---------------------------------------------------------------------- tfds
 
 
-def _load_tfds(dataset: Dataset, root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Build ``dataset`` with tensorflow-datasets (downloads into ``root/tfds``)."""
+def _tfds_call(dataset: Dataset, root: Path, build: Callable):
+    """Run ``build`` (which uses tensorflow-datasets, downloading into ``root/tfds``) and turn
+    its failures into one clear error."""
     try:
-        import tensorflow_datasets as tfds
-
-        builder = tfds.builder(dataset.tfds_name, data_dir=str(root / "tfds"))
-        builder.download_and_prepare(file_format="array_record")
-        xs, ys = [], []
-        for split in dataset.tfds_splits:
-            source = builder.as_data_source(split=split)
-            xs.append(np.stack([np.asarray(item["image"]) for item in source]))
-            ys.append(np.array([int(item["label"]) for item in source]))
+        return build()
+    except DeepstabError:
+        raise
     except Exception as exc:  # tfds surfaces network, build and format errors as many types
+        local = (
+            f"Put the IDX files {', '.join(_expected_files(dataset))} in {root / dataset.folder}, or run"
+            if not dataset.stored
+            else "Run"
+        )
         raise DeepstabError(
-            f"Dataset {dataset.name!r}: no local files in {root / dataset.folder} and "
-            f"tensorflow-datasets could not provide {dataset.tfds_name!r} ({type(exc).__name__}: "
-            f"{str(exc)[:200]}). Put the IDX files {', '.join(_expected_files(dataset))} in "
-            f"{root / dataset.folder}, or run once on a machine with internet access."
+            f"Dataset {dataset.name!r}: no local copy in {root / dataset.folder} and tensorflow-datasets could not "
+            f"provide {dataset.tfds_name!r} ({type(exc).__name__}: {str(exc)[:200]}). {local} once on a machine "
+            f"with internet access (tensorflow-datasets keeps its copy in {root / 'tfds'})."
         ) from exc
-    return _as_unit_images(np.concatenate(xs), dataset.name), np.concatenate(ys).astype(np.int64)
+
+
+def _load_tfds(dataset: Dataset, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Build ``dataset`` with tensorflow-datasets (downloads into ``root/tfds``), in memory."""
+
+    def build():
+        n, items = tfds_source(dataset.tfds_name, dataset.tfds_splits, dataset.tfds_label, root / "tfds")
+        pairs = list(items())
+        return np.stack([image for image, _ in pairs]), np.array([label for _, label in pairs], dtype=np.int64)
+
+    x, y = _tfds_call(dataset, root, build)
+    return _as_unit_images(x, dataset.name), y
 
 
 # ------------------------------------------------------------------------ public
@@ -556,6 +612,10 @@ def _expected_files(dataset: Dataset) -> list[str]:
 
 
 def _local_files_present(dataset: Dataset, root: Path) -> bool:
+    if dataset.stored and cache_paths(root / dataset.folder, dataset.name)[0].is_file():
+        return True
+    if dataset.stored and dataset.tfds_name:
+        return (root / "tfds" / dataset.tfds_name).is_dir()
     if not dataset.files and not dataset.tfds_name:  # an image folder
         return (root / dataset.folder).is_dir()
     return all((root / dataset.folder / name).is_file() for name in _expected_files(dataset))
@@ -571,6 +631,12 @@ def is_available(name: str, data_dir: str | os.PathLike | None = None) -> bool:
     return not dataset.folder or _local_files_present(dataset, resolve_data_dir(data_dir))
 
 
+def _how_to_get(dataset: Dataset, root: Path) -> str:
+    if dataset.stored and dataset.tfds_name:
+        return f"no: allow downloads (tensorflow-datasets keeps it in {root / 'tfds'})"
+    return f"no: put files in {root / dataset.folder}" + (" or allow download" if _downloadable(dataset) else "")
+
+
 def describe(data_dir: str | os.PathLike | None = None) -> list[dict[str, str]]:
     """One row per dataset: name, image shape, source and availability (for ``cli.py datasets``)."""
     root = resolve_data_dir(data_dir)
@@ -583,7 +649,7 @@ def describe(data_dir: str | os.PathLike | None = None) -> list[dict[str, str]]:
                 "name": name,
                 "shape": "x".join(map(str, d.shape)),
                 "source": d.source,
-                "available": f"yes ({where})" if here else f"no: put files in {root / d.folder}" + (" or allow download" if _downloadable(d) else ""),
+                "available": f"yes ({where})" if here else _how_to_get(d, root),
             }
         )
     rows.append({"name": "npz:PATH", "shape": "any", "source": "a .npz file with 'x' (N,H,W[,C]) and optional 'y'", "available": "-"})
@@ -592,15 +658,19 @@ def describe(data_dir: str | os.PathLike | None = None) -> list[dict[str, str]]:
 
 
 def load(
-    name: str, data_dir: str | os.PathLike | None = None, download: bool | None = None
+    name: str, data_dir: str | os.PathLike | None = None, download: bool | None = None, stream: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Load a dataset by name as ``(x, y)``: float32 NHWC in [0, 1] and labels (or ``None``).
+    """Load a dataset by name as ``(x, y)``: float32 NHWC in [0, 1] and labels (or ``None``;
+    ``-1`` marks the unlabelled images of STL-10, which metrics leave out).
 
     Args:
         name: a registered name (see :func:`names`), ``npz:PATH`` or ``folder:PATH``.
         data_dir: where dataset files live; defaults to ``$DEEPSTAB_DATA``, then ``./data``.
         download: whether missing files may be downloaded; defaults to yes unless
             ``DEEPSTAB_OFFLINE=1``.
+        stream: for the large datasets (CIFAR-10/20, STL-10, Tiny-ImageNet, ImageNet subsets),
+            return ``x`` as the read-only uint8 memory map of their on-disk cache instead of
+            float32 in memory; :func:`~deepstab.image_store.to_unit_float` converts a batch.
     """
     if not isinstance(name, str) or not name:
         raise DeepstabError(f"Dataset name must be a non-empty string, got {name!r}.")
@@ -618,6 +688,15 @@ def load(
         return dataset.reader(Path("."))
     root = resolve_data_dir(data_dir)
     allowed = _downloads_allowed(download)
+    if dataset.stored:
+        if dataset.tfds_name and not allowed and not _local_files_present(dataset, root):
+            raise DeepstabError(
+                f"Dataset {name!r} is not available offline: neither {root / dataset.folder} nor a prepared "
+                f"tensorflow-datasets copy in {root / 'tfds'} exists. Allow downloads (unset DEEPSTAB_OFFLINE) or "
+                f"point --data-dir or DEEPSTAB_DATA at the folder that holds them."
+            )
+        x, y = open_cached(root / dataset.folder, name, dataset.shape, lambda: dataset.stored(root / dataset.folder))
+        return (x, y) if stream else (to_unit_float(x), y)
     if _local_files_present(dataset, root) or not dataset.tfds_name:
         return dataset.reader(fetch(dataset, root, allowed) if dataset.files else root / dataset.folder)
     if not allowed:

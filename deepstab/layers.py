@@ -65,7 +65,14 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     The moving variance is updated with the unbiased batch variance, as
     PyTorch does (Keras uses the biased one; the two differ by a factor
     ``n / (n - 1)`` of the batch's element count per channel).
+
+    Set ``frozen_batch_statistics = True`` on a frozen layer (``trainable=False``)
+    to normalise with the batch's statistics when called with ``training=True``,
+    leaving the moving ones untouched (BYOL's target network in LFSS); a frozen
+    layer otherwise runs in inference mode, as Keras's.
     """
+
+    frozen_batch_statistics = False
 
     def __init__(self, axis: int = 1, **kwargs):
         if axis != 1:
@@ -75,6 +82,16 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if mask is not None:
             return super().call(inputs, training=training, mask=mask)
+        if training and not self.trainable and self.frozen_batch_statistics:
+            return F.batch_norm(
+                inputs,
+                None,
+                None,
+                self.gamma.value if self.scale else None,
+                self.beta.value if self.center else None,
+                training=True,
+                eps=self.epsilon,
+            )
         return F.batch_norm(
             inputs,
             self.moving_mean.value,

@@ -14,9 +14,12 @@ end of the previous epoch. Per step, on two SimCLR views ``x^o, x^t`` of a batch
   clusters from k-means on the target embeddings, refreshed every epoch;
 - total (Eq. 10): ``L_S + λ (L_I + L_C)``.
 
-The target and the predecessor run with batch normalisation in inference mode, so
-each is a pure function of its weights (the EMA covers every weight, moving
-statistics included). ``base="simclr"`` and ``base="moco"`` replace ``L_S`` by
+In the train step the target and the predecessor (frozen: only the online network
+and the predictor learn) normalise with the statistics of the batch, as BYOL's
+target does, without touching their moving statistics; those, averaged by the EMA
+like every other weight, serve the embeddings, so each network stays a function of
+its weights. With inference-mode normalisation in the
+step instead, a CPU-sized run on CIFAR-10 learned far less (README, "LFSS"). ``base="simclr"`` and ``base="moco"`` replace ``L_S`` by
 their own loss (Table 6); ``stability=False`` switches ``L_I`` and ``L_C`` off.
 """
 
@@ -33,12 +36,14 @@ from keras import ops
 from deepstab.augment import SimCLRAugment
 from deepstab.errors import DeepstabError
 from deepstab.files import atomic_path
+from deepstab.image_store import to_unit_float
 from deepstab.kmeans import kmeans
+from deepstab.layers import FusedBatchNormalization
 from deepstab.losses import byol_loss, cluster_loss, info_nce, nt_xent
 from deepstab.metrics import evaluate
 from deepstab.networks import RESNETS, build_mlp, build_resnet
 from deepstab.stability import cosine_stability
-from deepstab.training import apply_gradients, images_of
+from deepstab.training import IndexedImages, apply_gradients, images_of
 
 BASES = ("byol", "simclr", "moco")
 
@@ -48,28 +53,6 @@ def lfss_optimizer(lr: float = 0.05, total_steps: int = 1000, momentum: float = 
     to the gradients by :class:`LFSSModel` (as PyTorch's SGD does)."""
     schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(int(total_steps), 1))
     return keras.optimizers.SGD(schedule, momentum=momentum)
-
-
-class IndexedImages(keras.utils.PyDataset):
-    """Batches ``(x[batch], batch indices)`` of an in-memory array, reshuffled every epoch,
-    so that ``train_step`` can look up each sample's pseudo-label and stability."""
-
-    def __init__(self, x: np.ndarray, batch_size: int, shuffle: bool = True, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.x, self.batch_size, self.shuffle = x, int(batch_size), shuffle
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(x)) if shuffle else np.arange(len(x))
-
-    def __len__(self) -> int:
-        return len(self.x) // self.batch_size if len(self.x) >= self.batch_size else 1  # full batches, as the papers
-
-    def __getitem__(self, i):
-        index = np.sort(self.order[i * self.batch_size : (i + 1) * self.batch_size])
-        return self.x[index], index
-
-    def on_epoch_end(self):
-        if self.shuffle:
-            self.order = self.rng.permutation(len(self.x))
 
 
 @keras.saving.register_keras_serializable(package="deepstab")
@@ -151,6 +134,9 @@ class LFSSModel(keras.Model):
         self.predecessor = self._encoder("predecessor")
         for frozen in (self.target, self.predecessor):
             frozen.trainable = False
+            for layer in frozen._flatten_layers(include_self=False):
+                if isinstance(layer, FusedBatchNormalization):
+                    layer.frozen_batch_statistics = True
         self.predictor = build_mlp(self.dim, self.hidden, self.dim, name="predictor") if base == "byol" else None
         if base == "moco":
             self.queue = self.add_weight(shape=(self.queue_size, self.dim), initializer="random_normal", trainable=False, name="queue")
@@ -302,12 +288,12 @@ class LFSSModel(keras.Model):
         t1 = t2 = None
         if self.base != "simclr" or self.cluster_active:
             with torch.no_grad():
-                t1, t2 = self.target(x1, training=False), self.target(x2, training=False)
+                t1, t2 = self.target(x1, training=True), self.target(x2, training=True)
         l_s = self._base_loss(z1, z2, t1, t2)
         l_i = l_c = ops.zeros(())
         if self.use_stability:
             with torch.no_grad():
-                p1, p2 = self.predecessor(x1, training=False), self.predecessor(x2, training=False)
+                p1, p2 = self.predecessor(x1, training=True), self.predecessor(x2, training=True)
             l_i = (nt_xent(z1, p1, self.tau) + nt_xent(z2, p2, self.tau)) / 2  # Eq. 4
             if self.cluster_active:  # Eq. 8, after the warm-up
                 index = ops.convert_to_tensor(data[1])
@@ -324,14 +310,22 @@ class LFSSModel(keras.Model):
     # ----------------------------------------------------- embed and cluster
 
     def embed(self, x, batch_size: int = 512) -> np.ndarray:
-        """Target embeddings ``f_t(x)`` of un-augmented images, as a NumPy array."""
-        return self.predict(x, batch_size=batch_size, verbose=0)
+        """Target embeddings ``f_t(x)`` of un-augmented images (float in [0, 1] or uint8,
+        possibly memory-mapped: read batch by batch), as a NumPy array."""
+        return self._embed_with(self.target, x, batch_size)
 
     def predecessor_embed(self, x, batch_size: int = 512) -> np.ndarray:
+        """Predecessor embeddings ``f_p(x)``, as :meth:`embed`."""
+        return self._embed_with(self.predecessor, x, batch_size)
+
+    @torch.no_grad()
+    def _embed_with(self, network: keras.Model, x, batch_size: int) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros((0, self.dim), np.float32)
         out = []
         for start in range(0, len(x), batch_size):
-            batch = self.normalise(ops.convert_to_tensor(x[start : start + batch_size]))
-            out.append(ops.convert_to_numpy(self.predecessor(batch, training=False)))
+            batch = self.normalise(ops.convert_to_tensor(to_unit_float(np.asarray(x[start : start + batch_size]))))
+            out.append(ops.convert_to_numpy(network(batch, training=False)))
         return np.concatenate(out)
 
     def predict_labels(self, x, seed: int | None = 0, embeddings: np.ndarray | None = None) -> np.ndarray:
@@ -341,9 +335,12 @@ class LFSSModel(keras.Model):
 
     def evaluate_clustering(self, x, y, runs: int = 10, embeddings: np.ndarray | None = None) -> dict[str, float]:
         """ACC/NMI/ARI of k-means on the target embeddings, mean and std over ``runs`` seeds
-        (the paper averages 10 k-means runs)."""
+        (the paper averages 10 k-means runs). Only labelled samples are clustered and scored
+        (label ``-1`` marks unlabelled ones, as STL-10's extra split)."""
         z = self.embed(x) if embeddings is None else embeddings
-        scores = [evaluate(y, self.predict_labels(x, seed=s, embeddings=z)) for s in range(runs)]
+        labelled = np.asarray(y) >= 0
+        z, y = z[labelled], np.asarray(y)[labelled]
+        scores = [evaluate(y, self.predict_labels(None, seed=s, embeddings=z)) for s in range(runs)]
         out = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
         out.update({f"{k}_std": float(np.std([s[k] for s in scores])) for k in scores[0]})
         return out

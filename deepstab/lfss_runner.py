@@ -20,15 +20,17 @@ import numpy as np
 
 from deepstab import datasets
 from deepstab.errors import DeepstabError
-from deepstab.lfss import BASES, IndexedImages, LFSSCheckpoint, LFSSModel, lfss_optimizer
+from deepstab.image_store import to_unit_float
+from deepstab.lfss import BASES, LFSSCheckpoint, LFSSModel, lfss_optimizer
+from deepstab.training import IndexedImages
 from deepstab.metrics import cluster_sizes
 from deepstab.runner import choose_n_clusters, format_metrics, write_labels_csv
 from deepstab.saving import load_model, save_model
 
 # The paper's schedule (LFSS §4.1, DESIGN §5) and a CPU-sized one (README, "LFSS schedules").
 PRESETS: dict[str, dict[str, float | int]] = {
-    "paper": {"epochs": 1000, "batch_size": 256, "depth": 18, "width": 1.0, "hidden": 4096, "dim": 256, "eta": 200},
-    "cpu": {"epochs": 10, "batch_size": 128, "depth": 18, "width": 0.125, "hidden": 512, "dim": 128, "eta": 5},
+    "paper": {"epochs": 1000, "batch_size": 256, "depth": 18, "width": 1.0, "hidden": 4096, "dim": 256, "eta": 200, "momentum": 0.996},
+    "cpu": {"epochs": 10, "batch_size": 128, "depth": 18, "width": 0.125, "hidden": 512, "dim": 128, "eta": 5, "momentum": 0.99},
 }
 # Per-dataset (η, σ) of the paper; others take η from the preset and σ = 0.001.
 PAPER_ETA_SIGMA = {
@@ -44,6 +46,7 @@ PAPER_ETA_SIGMA = {
 NORMALISATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar10-jpg": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar20": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 
 
@@ -64,7 +67,7 @@ class LFSSRun:
     delta: float = 0.1
     lam: float = 0.1
     tau: float = 0.5
-    momentum: float = 0.996
+    momentum: float | None = None
     weight_decay: float = 5e-4
     depth: int | None = None
     width: float | None = None
@@ -127,7 +130,7 @@ class LFSSResult:
 def _normalisation(dataset: str, x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if dataset in NORMALISATION:
         return NORMALISATION[dataset]
-    sample = x[:: max(len(x) // 5000, 1)]
+    sample = to_unit_float(np.asarray(x[:: max(len(x) // 5000, 1)]))
     return tuple(sample.mean(axis=(0, 1, 2)).tolist()), tuple(np.maximum(sample.std(axis=(0, 1, 2)), 1e-3).tolist())
 
 
@@ -168,7 +171,7 @@ def run_lfss(
     instead of a new one; ``data``, ``(x, y)`` already loaded, saves loading it again.
     """
     keras.utils.set_random_seed(run.seed)
-    x, y = data if data is not None else datasets.load(run.dataset, run.data_dir)
+    x, y = data if data is not None else datasets.load(run.dataset, run.data_dir, stream=True)
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise DeepstabError(f"LFSS needs images (N, H, W, 1 or 3); {run.dataset!r} has shape {x.shape}.")
     k = choose_n_clusters(run, y, len(x))
@@ -198,7 +201,7 @@ def run_lfss(
     metrics = None
     z = model.embed(x)
     labels = model.predict_labels(x, seed=run.seed, embeddings=z)
-    if y is not None:
+    if y is not None and (y >= 0).any():
         metrics = model.evaluate_clustering(x, y, runs=run.eval_runs, embeddings=z)
     result = LFSSResult(model, labels, metrics, cluster_sizes(labels, k), seconds, history)
     result.model_path = save_model(model, run.model_path)

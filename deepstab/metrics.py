@@ -49,8 +49,13 @@ def cluster_sizes(y_pred: np.ndarray, n_clusters: int) -> dict[str, object]:
 
 
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """ACC, NMI (arithmetic normalisation) and ARI of a clustering against labels."""
+    """ACC, NMI (arithmetic normalisation) and ARI of a clustering against labels; samples
+    labelled ``-1`` (unlabelled, as STL-10's extra split) are left out."""
     y_true, y_pred = _check_pair(y_true, y_pred)
+    labelled = y_true >= 0
+    if not labelled.any():
+        raise DeepstabError("No sample has a label (all are -1), so the clustering cannot be scored.")
+    y_true, y_pred = y_true[labelled], y_pred[labelled]
     return {
         "acc": cluster_accuracy(y_true, y_pred),
         "nmi": float(normalized_mutual_info_score(y_true, y_pred)),

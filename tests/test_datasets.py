@@ -1,5 +1,6 @@
 import gzip
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -8,6 +9,8 @@ from PIL import Image
 
 from deepstab import datasets
 from deepstab.errors import DeepstabError
+from deepstab.image_store import to_unit_float
+from deepstab.metrics import evaluate
 
 
 def test_digits_is_bundled():
@@ -221,24 +224,115 @@ def test_describe_lists_every_dataset(tmp_path, shared_data):
     assert datasets.is_available("digits", tmp_path)
 
 
-def test_imagenet10_reads_only_its_wnids(tmp_path):
-    from PIL import Image
+def _jpegs(folder, n, size, rng, name="img"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for j in range(n):
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"{name}_{j}.JPEG")
 
+
+def test_imagenet10_reads_only_its_wnids_into_a_disk_cache(tmp_path):
     from deepstab.datasets import IMAGENET10_WNIDS
 
     rng = np.random.default_rng(0)
     for i, wnid in enumerate(IMAGENET10_WNIDS + ("n01440764",)):  # plus a class that is not in ImageNet-10
-        folder = tmp_path / "imagenet" / "train" / wnid
-        folder.mkdir(parents=True)
-        for j in range(2):
-            size = (40 + 7 * j, 30 + i)  # sizes differ: everything is resized to 96x96
-            Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"{wnid}_{j}.JPEG")
+        for j in range(2):  # sizes differ: everything is resized to 96x96
+            _jpegs(tmp_path / "imagenet" / "train" / wnid, 1, (40 + 7 * j, 30 + i), rng, name=f"{wnid}_{j}")
     x, y = datasets.load("imagenet10", tmp_path)
     assert x.shape == (20, 96, 96, 3) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
     assert y.tolist() == [i for i in range(10) for _ in range(2)]
-    (tmp_path / "imagenet" / "train" / IMAGENET10_WNIDS[3] / f"{IMAGENET10_WNIDS[3]}_0.JPEG").write_bytes(b"not a jpeg")
+    # Streamed: the uint8 cache on disk, memory-mapped read-only, the same pixels.
+    xs, ys = datasets.load("imagenet10", tmp_path, stream=True)
+    assert isinstance(xs, np.memmap) and xs.dtype == np.uint8 and not xs.flags.writeable
+    np.testing.assert_array_equal(to_unit_float(np.asarray(xs)), x)
+    # Later loads read the cache, not the images.
+    shutil.rmtree(tmp_path / "imagenet" / "train")
+    np.testing.assert_array_equal(datasets.load("imagenet10", tmp_path)[0], x)
+
+
+def test_unreadable_image_leaves_no_cache_behind(tmp_path):
+    from deepstab.datasets import IMAGENET10_WNIDS
+
+    rng = np.random.default_rng(0)
+    for wnid in IMAGENET10_WNIDS:
+        _jpegs(tmp_path / "imagenet" / wnid, 1, (20, 20), rng)
+    (tmp_path / "imagenet" / IMAGENET10_WNIDS[3] / "img_0.JPEG").write_bytes(b"not a jpeg")
     with pytest.raises(DeepstabError, match="Cannot read the image"):
         datasets.load("imagenet10", tmp_path)
+    assert list((tmp_path / "imagenet" / ".deepstab-cache").iterdir()) == []
+
+
+def test_tiny_imagenet_layout(tmp_path):
+    rng = np.random.default_rng(1)
+    train = tmp_path / "tiny-imagenet" / "tiny-imagenet-200" / "train"
+    for wnid, n in (("n02", 2), ("n01", 3), ("n03", 1)):
+        _jpegs(train / wnid / "images", n, (64, 64), rng)
+        (train / wnid / f"{wnid}_boxes.txt").write_text("not an image\n")
+    x, y = datasets.load("tiny-imagenet", tmp_path, stream=True)
+    assert x.shape == (6, 64, 64, 3) and y.tolist() == [0, 0, 0, 1, 1, 2]  # classes in sorted WNID order
+    with pytest.raises(DeepstabError, match="tiny-imagenet-200.zip"):
+        datasets.load("tiny-imagenet", tmp_path / "elsewhere")
+
+
+class _FakeTfds:
+    """Stands in for tensorflow_datasets (offline): splits of random images with labels."""
+
+    def __init__(self, splits):
+        self.splits, self.prepared = splits, []
+
+    def builder(self, name, data_dir):
+        fake = self
+
+        class Builder:
+            def download_and_prepare(self, file_format):
+                fake.prepared.append((name, data_dir, file_format))
+
+            def as_data_source(self, split):
+                return fake.splits[split]
+
+        return Builder()
+
+
+def _fake_split(n, shape, rng, **labels):
+    return [{"image": rng.integers(0, 255, shape, dtype=np.uint8), **{k: v[i] for k, v in labels.items()}} for i in range(n)]
+
+
+def test_cifar20_takes_the_coarse_labels_from_tfds(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    fake = _FakeTfds(
+        {
+            "train": _fake_split(3, (32, 32, 3), rng, label=[50, 60, 70], coarse_label=[1, 19, 4]),
+            "test": _fake_split(2, (32, 32, 3), rng, label=[0, 1], coarse_label=[7, 0]),
+        }
+    )
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+    monkeypatch.delenv("DEEPSTAB_OFFLINE", raising=False)
+    x, y = datasets.load("cifar20", tmp_path, stream=True)
+    assert y.tolist() == [1, 19, 4, 7, 0] and x.shape == (5, 32, 32, 3)
+    np.testing.assert_array_equal(x[3], fake.splits["test"][0]["image"])
+    assert fake.prepared == [("cifar100", str(tmp_path / "tfds"), "array_record")]
+
+
+def test_stl10_marks_the_unlabelled_split_and_metrics_skip_it(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    fake = _FakeTfds(
+        {
+            "train": _fake_split(2, (96, 96, 3), rng, label=[0, 1]),
+            "test": _fake_split(1, (96, 96, 3), rng, label=[1]),
+            "unlabelled": _fake_split(3, (96, 96, 3), rng, label=[0, 0, 0]),
+        }
+    )
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+    monkeypatch.delenv("DEEPSTAB_OFFLINE", raising=False)
+    _, y = datasets.load("stl10", tmp_path, stream=True)
+    assert y.tolist() == [0, 1, 1, -1, -1, -1]
+    scores = evaluate(y, np.array([5, 6, 6, 0, 1, 2]))
+    assert scores["acc"] == 1.0 and scores["nmi"] == pytest.approx(1.0)
+
+
+def test_tfds_datasets_fail_clearly_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPSTAB_OFFLINE", "1")
+    with pytest.raises(DeepstabError, match="not available offline"):
+        datasets.load("cifar10", tmp_path)
 
 
 def test_imagenet_dogs_names_the_missing_classes(tmp_path):

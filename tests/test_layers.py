@@ -40,3 +40,17 @@ def test_fused_batch_norm_matches_keras(training):
     np.testing.assert_allclose(ops.convert_to_numpy(ours.moving_mean), ops.convert_to_numpy(theirs.moving_mean), atol=1e-5)
     if training:
         assert not np.allclose(ops.convert_to_numpy(ours.moving_mean), weights[2])
+
+
+def test_frozen_batch_norm_can_use_batch_statistics_without_updating_them():
+    x = np.random.default_rng(0).normal(3.0, 2.0, (64, 4)).astype("float32")
+    layer = FusedBatchNormalization()
+    layer.build(x.shape)
+    layer.trainable = False
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(x, training=True)), x / np.sqrt(1 + 1e-3), rtol=1e-5)  # inference
+    layer.frozen_batch_statistics = True
+    out = ops.convert_to_numpy(layer(x, training=True))
+    np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(out.std(0), 1.0, rtol=1e-3)
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.moving_mean), np.zeros(4))
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.moving_variance), np.ones(4))

@@ -8,6 +8,7 @@ import pytest
 
 from deepstab.errors import DeepstabError
 from deepstab.lfss import LFSSModel
+from deepstab.training import IndexedImages
 from deepstab.losses import byol_loss, cluster_centres, cluster_loss, info_nce, nt_xent
 from deepstab.networks import build_resnet
 from deepstab.saving import load_model, save_model
@@ -177,6 +178,21 @@ def test_save_load_round_trip(images, tmp_path):
     loaded = load_model(path, expect=LFSSModel)
     np.testing.assert_allclose(loaded.embed(images), model.embed(images), rtol=1e-5, atol=1e-6)
     assert loaded.get_config()["eta"] == 1 and loaded.base == "byol"
+
+
+def test_trains_on_uint8_images_memory_mapped_from_disk(tmp_path):
+    pixels = np.random.default_rng(1).integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", pixels)
+    on_disk = np.load(tmp_path / "x.npy", mmap_mode="r")
+    batches = IndexedImages(on_disk, 8, seed=0)
+    batch, index = batches[0]
+    assert batch.dtype == np.float32 and len(index) == 8
+    np.testing.assert_allclose(batch, pixels[index] / 255.0, rtol=1e-6)
+    model = LFSSModel((16, 16, 3), 2, eta=1, **TINY)
+    model.compile()
+    history = model.fit(batches, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all() and model.cluster_active
+    np.testing.assert_allclose(model.embed(on_disk), model.embed(pixels / np.float32(255)), rtol=1e-5, atol=1e-6)
 
 
 def test_bad_arguments_and_inputs(images):
