@@ -11,6 +11,8 @@ import click
 import deepstab  # noqa: F401  (selects the torch backend before Keras loads)
 from deepstab import datasets
 from deepstab.callbacks import COLLAPSE_ACTIONS
+from deepstab.centroid_runner import CentroidRun, run_centroid
+from deepstab.centroid_runner import summary as centroid_summary
 from deepstab.errors import DeepstabError
 from deepstab.losses import VARIANTS
 from deepstab.runner import DEFAULT_SCHEDULES, PRESETS, DECSRun, run_decs, summary
@@ -35,6 +37,16 @@ def friendly_errors(command):
     return wrapper
 
 
+def data_options(default: str):
+    """The --dataset and --data-dir options every training command shares."""
+
+    def apply(command):
+        command = click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder holding dataset files. [default: $DEEPSTAB_DATA, else ./data]")(command)
+        return click.option("--dataset", default=default, help="Dataset name (see `datasets`), npz:PATH or folder:PATH.")(command)
+
+    return apply
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def cli():
     """deepstab: deep clustering of images driven by sample stability."""
@@ -52,8 +64,7 @@ def _preset_help() -> str:
 
 
 @cli.command()
-@click.option("--dataset", default="digits", help="Dataset name (see `datasets`), npz:PATH or folder:PATH.")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder holding dataset files. [default: $DEEPSTAB_DATA, else ./data]")
+@data_options(default="digits")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="default", help=f"Schedule. {_preset_help()}.")
 @click.option("--n-clusters", type=int, default=None, help="Number of clusters. [default: the dataset's number of classes]")
 @click.option("--pretrain-epochs", type=int, default=None, help="Autoencoder pretraining epochs. [default: from --preset]")
@@ -80,8 +91,7 @@ def decs(**options):
 
 
 @cli.command()
-@click.option("--dataset", default="cifar10-jpg", help="Dataset name (see `datasets`), npz:PATH or folder:PATH.")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder holding dataset files. [default: $DEEPSTAB_DATA, else ./data]")
+@data_options(default="cifar10-jpg")
 @click.option("--preset", type=click.Choice(list(LFSS_PRESETS)), default="paper", help="Schedule and network size. " + "; ".join(f"{k}: " + ", ".join(f"{a} {b}" for a, b in v.items()) for k, v in LFSS_PRESETS.items()) + ".")
 @click.option("--n-clusters", type=int, default=None, help="Number of clusters K. [default: the dataset's number of classes]")
 @click.option("--epochs", type=int, default=None, help="Training epochs. [default: from --preset]")
@@ -120,22 +130,23 @@ def lfss(depth, **options):
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="CSV file for the labels. [default: MODEL with .csv replaced by -<dataset>.csv]")
 @friendly_errors
 def predict(model_path, dataset, data_dir, output):
-    """Label a dataset with a saved DECS or LFSS model; prints ACC/NMI/ARI when the data has labels."""
+    """Label a dataset with a saved DECS, DEC, IDEC, DCN or LFSS model; prints ACC/NMI/ARI when the data has labels."""
+    from deepstab.dec import DCN, DEC, IDEC
     from deepstab.decs import DECS
     from deepstab.lfss import LFSSModel
     from deepstab.metrics import cluster_sizes, evaluate
     from deepstab.runner import format_metrics, write_labels_csv
     from deepstab.saving import load_model
 
-    model = load_model(model_path, expect=(DECS, LFSSModel))
+    model = load_model(model_path, expect=(DECS, DEC, IDEC, DCN, LFSSModel))
     x, y = datasets.load(dataset, data_dir, stream=isinstance(model, LFSSModel))
-    expected = tuple(model.autoencoder.image_shape if isinstance(model, DECS) else model.image_shape)
+    expected = tuple(model.image_shape)
     if tuple(x.shape[1:]) != expected:
         raise DeepstabError(
             f"{model_path} was trained on images of shape {expected}, but {dataset!r} has images of "
             f"shape {tuple(x.shape[1:])}. Use data of the same size and channels."
         )
-    if isinstance(model, DECS):
+    if not isinstance(model, LFSSModel):  # Student-t assignments q; argmax = the nearest centroid
         q = model.predict(x, batch_size=1024, verbose=0)
         labels, confidence = q.argmax(axis=1), q.max(axis=1)
     else:
@@ -149,8 +160,7 @@ def predict(model_path, dataset, data_dir, output):
 
 
 @cli.command()
-@click.option("--dataset", default="digits", help="Dataset name (see `datasets`), npz:PATH or folder:PATH.")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder holding dataset files. [default: $DEEPSTAB_DATA, else ./data]")
+@data_options(default="digits")
 @click.option("--method", type=click.Choice(METHODS), default="decs", help="The clustering method to train while tracking.")
 @click.option("--epochs", type=int, default=30, help="Clustering epochs to train and track.")
 @click.option("--track-every", type=int, default=1, help="Measure stability every K epochs (against the previous tracked point).")
@@ -176,6 +186,48 @@ def stability(**options):
         measure = table["measure"]
         click.echo(f"{measure.capitalize()} by stability bin (least to most stable): " + " ".join(f"{b[measure]:.3f}" for b in table["bins"]))
     click.echo(f"Wrote {', '.join(report['files'])} to {options['output']}")
+
+
+def _centroid_command(method: str, title: str):
+    """``dec``, ``idec`` and ``dcn``: the same options, plus each method's own weight."""
+
+    @click.option("--n-clusters", type=int, default=None, help="Number of clusters K. [default: the dataset's number of classes]")
+    @click.option("--embedding-dim", type=int, default=None, help="Embedding size e of d-1024-512-256-e. [default: K]")
+    @click.option("--pretrain-epochs", type=int, default=250, help="Autoencoder pretraining epochs (MSE, Adam).")
+    @click.option("--pretrain-batch-size", type=int, default=256, help="Pretraining batch size.")
+    @click.option("--epochs", type=int, default=400, help="Clustering epochs.")
+    @click.option("--batch-size", type=int, default=256, help="Clustering batch size.")
+    @click.option("--lr", type=float, default=1e-3, help="Adam learning rate for both stages.")
+    @click.option("--augment/--no-augment", default=True, help="Train the clustering stage on shifted and rotated views.")
+    @click.option("--brb", is_flag=True, help="Break the reclustering barrier (ICLR 2025): soft reset and re-clustering every --brb-interval epochs.")
+    @click.option("--brb-interval", type=int, default=20, help="Epochs T between BRB interventions.")
+    @click.option("--brb-alpha", type=float, default=0.8, help="Soft-reset factor α: θ ← α θ + (1 - α) φ.")
+    @click.option("--brb-subsample", type=int, default=10000, help="Images embedded for BRB's k-means re-clustering.")
+    @click.option("--brb-reset/--no-brb-reset", default=True, help="Do BRB's soft reset (--no-brb-reset: recluster-only ablation).")
+    @click.option("--brb-recluster/--no-brb-recluster", default=True, help="Do BRB's re-clustering and moment reset (--no-brb-recluster: reset-only ablation).")
+    @click.option("--brb-reset-embedding", is_flag=True, help="Include the embedding layer in the soft reset.")
+    @click.option("--seed", type=int, default=0, help="Random seed.")
+    @click.option("--output", type=click.Path(dir_okay=False), default=None, help=f"Model file (.keras); labels (.csv) and ACC over epochs (.png) go beside it. [default: models/{method}[-brb]-<dataset>.keras]")
+    @click.option("--models-dir", type=click.Path(file_okay=False), default="models", help="Where pretrained autoencoders are kept and shared by dec, idec and dcn.")
+    @click.option("--eval-every", type=int, default=1, help="Record the label change rate (and ACC/NMI/ARI with labels) every N epochs (reporting only).")
+    @friendly_errors
+    def command(**options):
+        run = CentroidRun(method=method, **options)
+        click.echo(centroid_summary(run, run_centroid(run)))
+
+    if method in ("dec", "idec"):
+        command = click.option("--target-interval", type=int, default=1, help="Refresh the target distribution P every N epochs.")(command)
+    if method == "idec":
+        command = click.option("--gamma", type=float, default=0.1, help="γ: weight of the clustering loss, L = L_r + γ L_c (IDEC Eq. 7).")(command)
+    if method == "dcn":
+        command = click.option("--lam", type=float, default=0.05, help="λ: weight of the k-means term (λ/2)||z - m||² (DCN Eq. 5).")(command)
+    command.__doc__ = f"Cluster a dataset with {title} on the feed-forward autoencoder, optionally with BRB; evaluate, save."
+    return cli.command(name=method)(data_options(default="usps")(command))
+
+
+dec = _centroid_command("dec", "DEC (ICML 2016)")
+idec = _centroid_command("idec", "IDEC (IJCAI 2017)")
+dcn = _centroid_command("dcn", "DCN (ICML 2017)")
 
 
 @cli.command(name="datasets")

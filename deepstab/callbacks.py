@@ -7,7 +7,7 @@ import warnings
 import keras
 import numpy as np
 
-from deepstab.metrics import cluster_sizes, evaluate
+from deepstab.metrics import cluster_accuracy, cluster_sizes, evaluate
 
 COLLAPSE_ACTIONS = ("fallback", "restore", "stop", "warn")
 
@@ -125,15 +125,30 @@ class CollapseGuard(keras.callbacks.Callback):
 
 
 class LabelMetrics(keras.callbacks.Callback):
-    """Report ACC/NMI/ARI of the current model on labelled data every ``every`` epochs.
+    """Every ``every`` epochs, label ``x`` with the current model and log ``label_change``
+    (the share of samples whose cluster changed since the last check, under the best
+    one-to-one matching of old and new cluster ids, so that a re-clustering that only
+    renames the clusters counts as no change; the first check compares with the labels
+    at the start of training) and, when ``y`` is given, ACC/NMI/ARI.
 
-    For watching a run only: the labels never steer training or model selection.
+    For watching a run only (a label change rate near 0 is the "reclustering barrier" of
+    BRB): the labels never steer training or model selection.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, every: int = 10):
+    def __init__(self, x: np.ndarray, y: np.ndarray | None = None, every: int = 10):
         super().__init__()
         self.x, self.y, self.every = x, y, max(int(every), 1)
+        self.previous: np.ndarray | None = None
+
+    def on_train_begin(self, logs=None):
+        self.previous = self.model.predict_labels(self.x)
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and (epoch + 1) % self.every == 0:
-            logs.update(evaluate(self.y, self.model.predict_labels(self.x)))
+        if logs is None or (epoch + 1) % self.every:
+            return
+        labels = self.model.predict_labels(self.x)
+        if self.previous is not None:
+            logs["label_change"] = 1.0 - cluster_accuracy(self.previous, labels)
+        self.previous = labels
+        if self.y is not None:
+            logs.update(evaluate(self.y, labels))

@@ -278,6 +278,8 @@ IMAGENET_DOGS_WNIDS = (
 )
 IMAGENET_SIDE = 96
 TINY_IMAGENET_SIDE = 64
+GTSRB_SIDE = 32
+OPTDIGITS_FILES = {"optdigits.tra": 3823, "optdigits.tes": 1797}
 
 
 def _imagenet_subset(name: str, title: str, wnids: tuple[str, ...]) -> Dataset:
@@ -358,6 +360,34 @@ REGISTRY: dict[str, Dataset] = {
             tfds_splits=("train", "test"),
         ),
         Dataset(
+            "kmnist",
+            (28, 28, 1),
+            10,
+            "Kuzushiji-MNIST train+test (70,000): IDX files in kmnist/, else tensorflow-datasets 'kmnist'",
+            folder="kmnist",
+            reader=lambda folder: _idx_pairs(folder, ("train", "t10k")),
+            tfds_name="kmnist",
+            tfds_splits=("train", "test"),
+        ),
+        Dataset(
+            "optdigits",
+            (8, 8, 1),
+            10,
+            "UCI optical digits (5,620): optdigits/optdigits.tra and optdigits.tes from "
+            "https://archive.ics.uci.edu/ml/machine-learning-databases/optdigits/",
+            folder="optdigits",
+            reader=lambda folder: _read_optdigits(folder),
+        ),
+        Dataset(
+            "gtsrb",
+            (GTSRB_SIDE, GTSRB_SIDE, 3),
+            43,
+            f"German traffic signs, training set (39,209, 43 classes) from a local folder "
+            f"gtsrb/GTSRB/Final_Training/Images/<class>/*.ppm, resized to {GTSRB_SIDE}x{GTSRB_SIDE}",
+            folder="gtsrb",
+            stored=lambda folder: gtsrb_source(folder),
+        ),
+        Dataset(
             "cifar10-jpg",
             (32, 32, 3),
             10,
@@ -427,6 +457,43 @@ def tiny_imagenet_source(folder: Path) -> Source:
         )
     classes = tuple(sorted(p.name for p in base.iterdir() if p.is_dir()))
     return _nonempty(class_folder_source(base, classes, TINY_IMAGENET_SIDE, IMAGE_EXTENSIONS), base)
+
+
+def gtsrb_source(folder: Path) -> Source:
+    """GTSRB's training images, ``GTSRB/Final_Training/Images/<00000..00042>/*.ppm`` under
+    ``folder`` (or class folders directly in ``folder``), resized to 32x32."""
+    base = next((b for b in (folder / "GTSRB" / "Final_Training" / "Images", folder / "Final_Training" / "Images") if b.is_dir()), folder)
+    if not base.is_dir():
+        raise DeepstabError(
+            f"GTSRB is read from {folder}/GTSRB/Final_Training/Images/<class>/*.ppm: extract GTSRB_Final_Training_Images.zip "
+            f"(https://benchmark.ini.rub.de/gtsrb_dataset.html) into {folder}, or point --data-dir at the folder that holds gtsrb/."
+        )
+    classes = tuple(sorted(p.name for p in base.iterdir() if p.is_dir()))
+    return _nonempty(class_folder_source(base, classes, GTSRB_SIDE, IMAGE_EXTENSIONS), base)
+
+
+def _read_optdigits(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """UCI optdigits: rows of 64 block counts (0-16) and a label; ``.tra`` then ``.tes``."""
+    xs, ys = [], []
+    for name, rows in OPTDIGITS_FILES.items():
+        path = folder / name
+        if not path.is_file():
+            raise DeepstabError(
+                f"Dataset 'optdigits' needs {path}. Download optdigits.tra and optdigits.tes from "
+                f"https://archive.ics.uci.edu/ml/machine-learning-databases/optdigits/ into {folder}."
+            )
+        try:
+            table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
+        except ValueError as exc:
+            raise DeepstabError(f"{path} is not a UCI optdigits file (comma-separated integers): {exc}.") from exc
+        if table.shape != (rows, 65) or table[:, :64].min() < 0 or table[:, :64].max() > 16 or not np.isin(table[:, 64], range(10)).all():
+            raise DeepstabError(
+                f"{path} holds a {table.shape[0]}x{table.shape[1]} table; the UCI file has {rows} rows of 64 counts "
+                f"in 0..16 and a digit label. Download it again."
+            )
+        xs.append(table[:, :64])
+        ys.append(table[:, 64])
+    return (np.concatenate(xs).reshape(-1, 8, 8, 1) / 16.0).astype(np.float32), np.concatenate(ys)
 
 
 def _nonempty(source: Source, base: Path) -> Source:

@@ -190,6 +190,10 @@ class DECS(keras.Model):
     def encoder(self) -> keras.Model:
         return self.autoencoder.encoder
 
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.autoencoder.image_shape
+
     def call(self, x, training=False):
         """Soft assignments ``q`` (Eq. 5) of the images ``x``."""
         return self.clustering(self.encoder(x, training=training))
@@ -215,9 +219,18 @@ class DECS(keras.Model):
     def initialize_centroids(self, x, n_init: int = 20, seed: int | None = None) -> np.ndarray:
         """Set the centroids to k-means centres of the embeddings of ``x``; return its labels."""
         centres, labels = kmeans(self.embed(x), self.n_clusters, n_init=n_init, seed=seed)
-        self.clustering.centroids.assign(centres)
-        self.centroids_ready.assign(1.0)
+        self.set_centroids(centres)
         return labels
+
+    def set_centroids(self, centres: np.ndarray) -> None:
+        """Replace the centroids (k-means initialisation, or BRB's re-clustering)."""
+        self.clustering.centroids.assign(np.asarray(centres, dtype=np.float32))
+        self.centroids_ready.assign(1.0)
+
+    @property
+    def centroid_variables(self) -> list:
+        """The centroid variables the optimizer updates (BRB resets their moments)."""
+        return [self.clustering.centroids]
 
     def fit(self, x=None, y=None, callbacks=None, **kwargs):
         """Stage 2 through ``keras.Model.fit``.

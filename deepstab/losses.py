@@ -6,6 +6,10 @@ loss (Eq. 8), in the paper's form and in the form of the authors' released code.
 LFSS (ICML 2025): the noisy self-distillation loss L_S (Eq. 9), NT-Xent for the
 instance-level loss L_I (Eq. 4), and cluster centres for the cluster-level loss L_C
 (Eqs. 5-8); MoCo's InfoNCE for the Table 6 variant.
+
+DEC (Xie et al. 2016) and IDEC (Guo et al. 2017): the target distribution and
+``KL(P || Q)``; DCN (Yang et al. 2017): the k-means term with hard assignments and the
+count-based centroid update.
 """
 
 from __future__ import annotations
@@ -122,3 +126,48 @@ def info_nce(query, key, queue, tau: float = 0.2):
     logits = ops.concatenate([positive, ops.matmul(q, ops.transpose(negatives))], axis=1) / tau
     zeros = ops.zeros((ops.shape(q)[0],), dtype="int32")
     return ops.mean(keras.losses.sparse_categorical_crossentropy(zeros, logits, from_logits=True))
+
+
+# ----------------------------------------------------------------- DEC, IDEC, DCN
+
+
+def target_distribution(q):
+    """DEC Eq. 3: ``p_ij = (q_ij^2 / f_j) / Σ_j' (q_ij'^2 / f_j')`` with ``f_j = Σ_i q_ij``."""
+    q = ops.convert_to_tensor(q)
+    weight = ops.square(q) / ops.sum(q, axis=0, keepdims=True)
+    return weight / ops.sum(weight, axis=1, keepdims=True)
+
+
+def kl_divergence(p, q, eps: float = 1e-12):
+    """DEC Eq. 2: ``KL(P || Q) = Σ_i Σ_j p_ij log(p_ij / q_ij)``, averaged over the samples."""
+    p, q = ops.convert_to_tensor(p), ops.convert_to_tensor(q)
+    return ops.mean(ops.sum(p * (ops.log(p + eps) - ops.log(q + eps)), axis=1))
+
+
+def squared_distances(z, centroids):
+    """``||z_i - m_k||^2`` for every sample and centroid, shape (N, K)."""
+    return ops.sum(ops.square(ops.expand_dims(ops.convert_to_tensor(z), 1) - centroids), axis=-1)
+
+
+def dcn_cluster_loss(z, centroids, assignments):
+    """DCN Eq. 5, clustering term per sample: ``½ ||z_i - m_{s_i}||^2`` averaged over the
+    batch (the caller multiplies by λ), with the hard assignments ``s_i`` held fixed."""
+    z, centroids = ops.convert_to_tensor(z), ops.convert_to_tensor(centroids)
+    return 0.5 * ops.mean(ops.sum(ops.square(z - ops.take(centroids, ops.convert_to_tensor(assignments), axis=0)), axis=1))
+
+
+def dcn_centroid_update(centroids, counts, z, assignments):
+    """DCN Eq. 8 for a batch: for each sample in turn, ``c_k ← c_k + 1`` and
+    ``m_k ← m_k - (1 / c_k)(m_k - z_i)`` for its cluster ``k = s_i``.
+
+    Done in closed form, which equals the sequential updates: after ``n_k`` samples,
+    ``m_k = (c_k m_k + Σ z_i) / (c_k + n_k)``. Returns the new ``(centroids, counts)``.
+    """
+    centroids, counts, z = (ops.convert_to_tensor(t) for t in (centroids, counts, z))
+    k = ops.shape(centroids)[0]
+    one_hot = ops.one_hot(assignments, k, dtype=z.dtype)  # (N, K)
+    n = ops.sum(one_hot, axis=0)
+    sums = ops.matmul(ops.transpose(one_hot), z)
+    new_counts = counts + n
+    new_centroids = (ops.expand_dims(counts, 1) * centroids + sums) / ops.expand_dims(new_counts, 1)
+    return new_centroids, new_counts

@@ -1,5 +1,6 @@
 """Network builders: the DECS convolutional autoencoder (DECS §4.5, the authors' code),
-and the ResNet backbones with MLP heads of LFSS (ICML 2025, §4.1).
+the ResNet backbones with MLP heads of LFSS (ICML 2025, §4.1), and the feed-forward
+autoencoder ``d-1024-512-256-e`` of the BRB setup (ICLR 2025) for DEC, IDEC and DCN.
 
 Encoder: Conv(32)-BN-MaxPool, Conv(64)-BN-MaxPool, Conv(128)-BN-MaxPool,
 Conv(256)-BN, Flatten, Dense(embedding). 3x3 kernels, ReLU. The decoder mirrors
@@ -149,3 +150,36 @@ def build_mlp(input_dim: int, hidden: int = 4096, output_dim: int = 256, name: s
     h = layers.Dense(hidden, use_bias=False)(inputs)
     h = layers.ReLU()(FusedBatchNormalization()(h))
     return keras.Model(inputs, layers.Dense(output_dim)(h), name=name)
+
+
+DENSE_HIDDEN = (1024, 512, 256)
+
+
+def build_dense_autoencoder(
+    input_shape: tuple[int, int, int], embedding_dim: int, hidden: tuple[int, ...] = DENSE_HIDDEN
+) -> tuple[keras.Model, keras.Model]:
+    """The feed-forward ``(encoder, decoder)`` of the BRB setup: images are flattened and
+    standardised per feature (the ``standardise`` layer, fitted with ``adapt``), then
+    ``d-1024-512-256-e`` with ReLU; the decoder mirrors it back to the ``d`` standardised
+    features. The last encoder layer is named ``embedding``.
+
+    Example:
+
+    >>> encoder, decoder = build_dense_autoencoder((8, 8, 1), 10, hidden=(32, 16))
+    >>> encoder.output_shape, decoder.output_shape
+    ((None, 10), (None, 64))
+    """
+    dim = 1
+    for side in input_shape:
+        dim *= int(side)
+    inputs = keras.Input(shape=tuple(int(s) for s in input_shape), name="image")
+    h = layers.Normalization(axis=-1, name="standardise")(layers.Flatten()(inputs))
+    for units in hidden:
+        h = layers.Dense(units, activation="relu")(h)
+    encoder = keras.Model(inputs, layers.Dense(embedding_dim, name="embedding")(h), name="encoder")
+    code = keras.Input(shape=(embedding_dim,), name="embedding")
+    h = code
+    for units in reversed(hidden):
+        h = layers.Dense(units, activation="relu")(h)
+    decoder = keras.Model(code, layers.Dense(dim, name="reconstruction")(h), name="decoder")
+    return encoder, decoder

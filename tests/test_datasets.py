@@ -339,3 +339,43 @@ def test_imagenet_dogs_names_the_missing_classes(tmp_path):
     (tmp_path / "imagenet" / "train").mkdir(parents=True)
     with pytest.raises(DeepstabError, match="lacks the class folders n02085936"):
         datasets.load("imagenet-dogs", tmp_path)
+
+
+def test_optdigits_reads_the_uci_files(tmp_path):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()  # scikit-learn's copy of optdigits.tes
+    folder = tmp_path / "optdigits"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    train = np.column_stack([rng.integers(0, 17, (3823, 64)), rng.integers(0, 10, 3823)])
+    np.savetxt(folder / "optdigits.tra", train, fmt="%d", delimiter=",")
+    np.savetxt(folder / "optdigits.tes", np.column_stack([digits.data, digits.target]), fmt="%d", delimiter=",")
+    x, y = datasets.load("optdigits", tmp_path)
+    assert x.shape == (5620, 8, 8, 1) and y[3823:].tolist() == digits.target.tolist()
+    np.testing.assert_allclose(x[3823:], datasets.load("digits")[0])
+    np.savetxt(folder / "optdigits.tes", np.column_stack([digits.data[:10], digits.target[:10]]), fmt="%d", delimiter=",")
+    with pytest.raises(DeepstabError, match="1797 rows"):
+        datasets.load("optdigits", tmp_path)
+
+
+def test_kmnist_from_local_idx_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPSTAB_OFFLINE", "1")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 5), ("t10k", 3)):
+        write_idx(tmp_path / "kmnist" / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(tmp_path / "kmnist" / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, dtype=np.uint8))
+    x, y = datasets.load("kmnist", tmp_path)
+    assert x.shape == (8, 28, 28, 1) and y.shape == (8,)
+
+
+def test_gtsrb_is_resized_to_32(tmp_path):
+    rng = np.random.default_rng(0)
+    images = tmp_path / "gtsrb" / "GTSRB" / "Final_Training" / "Images"
+    for c, n in (("00000", 2), ("00001", 1)):
+        (images / c).mkdir(parents=True)
+        (images / c / f"GT-{c}.csv").write_text("Filename;Width\n")
+        for j in range(n):
+            Image.fromarray(rng.integers(0, 255, (40 + j, 35, 3), dtype=np.uint8)).save(images / c / f"{j:05d}.ppm")
+    x, y = datasets.load("gtsrb", tmp_path)
+    assert x.shape == (3, 32, 32, 3) and y.tolist() == [0, 0, 1]

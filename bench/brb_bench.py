@@ -1,0 +1,112 @@
+"""What BRB adds to DEC, IDEC and DCN: final ACC/NMI/ARI (mean ± std over seeds) and wall time
+of the clustering stage with and without BRB, on the same pretrained autoencoder per seed.
+
+    DEEPSTAB_DATA=../shared/data python bench/brb_bench.py --datasets usps mnist-test
+
+Every finished run is appended to ``--results`` (JSON lines), and runs already there are not
+repeated, so an interrupted bench goes on where it stopped. The table is printed at the end
+(``--table-only`` prints it from the results file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import deepstab  # noqa: E402,F401
+from deepstab import datasets  # noqa: E402
+from deepstab.centroid_runner import CentroidRun, run_centroid  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["usps", "mnist"])
+    parser.add_argument("--methods", nargs="+", default=["dec", "idec", "dcn"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--pretrain-epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--interval", type=int, default=10, help="BRB interval T")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--models-dir", default="bench-models")
+    parser.add_argument("--results", default="bench/brb_results.jsonl")
+    parser.add_argument("--table-only", action="store_true")
+    return parser.parse_args()
+
+
+def key(row: dict) -> tuple:
+    return row["dataset"], row["method"], row["brb"], row["seed"], row["pretrain_epochs"], row["epochs"], row["interval"]
+
+
+def run_all(args: argparse.Namespace, done: set) -> None:
+    for dataset in args.datasets:
+        data = datasets.load(dataset)
+        for seed in args.seeds:
+            for method in args.methods:
+                for brb in (False, True):
+                    row = {"dataset": dataset, "method": method, "brb": brb, "seed": seed,
+                           "pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs, "interval": args.interval}
+                    if key(row) in done:
+                        continue
+                    run = CentroidRun(
+                        method=method, dataset=dataset, pretrain_epochs=args.pretrain_epochs, epochs=args.epochs,
+                        batch_size=args.batch_size, brb=brb, brb_interval=args.interval, seed=seed,
+                        models_dir=args.models_dir, output=f"{args.models_dir}/{method}{'-brb' if brb else ''}-{dataset}-s{seed}.keras",
+                        eval_every=args.epochs, verbose=0,
+                    )
+                    start = time.perf_counter()
+                    result = run_centroid(run, data=data)
+                    row.update(result.metrics, init_acc=result.init_metrics["acc"], cluster_seconds=result.cluster_seconds,
+                               pretrain_seconds=result.pretrain_seconds, wall=time.perf_counter() - start,
+                               resets=[e + 1 for e in result.reset_epochs], threads=os.environ.get("OMP_NUM_THREADS", "all"))
+                    with open(args.results, "a") as out:
+                        out.write(json.dumps(row) + "\n")
+                    print(f"{dataset} seed {seed} {method}{' +BRB' if brb else ''}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} "
+                          f"ARI {row['ari']:.4f} (k-means init {row['init_acc']:.4f}), clustering {row['cluster_seconds']:.0f} s", flush=True)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| dataset | method | ACC | +BRB ACC | NMI | +BRB NMI | ARI | +BRB ARI | BRB better (ACC) | clustering s | +BRB s | overhead |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple, dict[bool, list[dict]]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["method"]), {False: [], True: []})[row["brb"]].append(row)
+
+    def ms(values):
+        return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+
+    for (dataset, method), runs in groups.items():
+        plain, brb = sorted(runs[False], key=lambda r: r["seed"]), sorted(runs[True], key=lambda r: r["seed"])
+        paired = {r["seed"]: r for r in plain}
+        wins = [b["acc"] > paired[b["seed"]]["acc"] for b in brb if b["seed"] in paired]
+        t0, t1 = (np.mean([r["cluster_seconds"] for r in rs]) if rs else float("nan") for rs in (plain, brb))
+        cells = [dataset, method]
+        for metric in ("acc", "nmi", "ari"):
+            cells += [ms([r[metric] for r in plain]) if plain else "-", ms([r[metric] for r in brb]) if brb else "-"]
+        cells += [f"{sum(wins)}/{len(wins)}", f"{t0:.0f}", f"{t1:.0f}", f"{100 * (t1 / t0 - 1):+.1f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    path = Path(args.results)
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    if not args.table_only:
+        run_all(args, {key(r) for r in rows})
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+    wanted = {(r["pretrain_epochs"], r["epochs"], r["interval"]) for r in rows} if args.table_only else {(args.pretrain_epochs, args.epochs, args.interval)}
+    print(f"Schedule: pretraining {args.pretrain_epochs} epochs, clustering {args.epochs} epochs at batch {args.batch_size}, "
+          f"BRB every {args.interval} epochs (alpha 0.8, subsample 10,000); seeds {args.seeds}")
+    print(table([r for r in rows if (r["pretrain_epochs"], r["epochs"], r["interval"]) in wanted]))
+
+
+if __name__ == "__main__":
+    main()

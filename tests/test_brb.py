@@ -1,0 +1,126 @@
+"""BRB: the soft reset formula, re-clustering with the moment reset, the schedule."""
+
+import keras
+import numpy as np
+import pytest
+
+from deepstab.brb import BRB, soft_reset, zero_optimizer_moments
+from deepstab.dec import DCN, DEC, IDEC
+from deepstab.decs import DECS
+from deepstab.errors import DeepstabError
+
+SMALL = dict(hidden=(16, 8))
+
+
+def np_(t):
+    return keras.ops.convert_to_numpy(t)
+
+
+def snapshot(model):
+    return {w.path: np.array(np_(w.value)) for w in model.weights}
+
+
+@pytest.fixture
+def x():
+    return np.random.default_rng(0).random((96, 8, 8, 1), dtype=np.float32)
+
+
+def _trained(cls, x, epochs=1, **kwargs):
+    model = cls(3, (8, 8, 1), **SMALL, **kwargs)
+    model.autoencoder.adapt(x)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(x, epochs=epochs, batch_size=32, verbose=0, seed=0)
+    return model
+
+
+def test_soft_reset_formula(x):
+    model = _trained(DEC, x)
+    encoder = model.encoder
+    before = snapshot(encoder)
+    assert soft_reset(encoder, alpha=1.0, seed=3)
+    assert all(np.allclose(v, before[k], rtol=1e-6, atol=1e-7) for k, v in snapshot(encoder).items())
+    soft_reset(encoder, alpha=0.0, seed=3)
+    fresh = snapshot(encoder)
+    encoder.set_weights([before[w.path] for w in encoder.weights])
+    reset = soft_reset(encoder, alpha=0.8, seed=3)
+    after = snapshot(encoder)
+    dense = [layer for layer in encoder.layers if isinstance(layer, keras.layers.Dense)]
+    assert reset == [layer.name for layer in dense[:-1]]  # every hidden Dense, not the embedding
+    for layer in dense[:-1]:
+        k = layer.kernel.path
+        limit = np.sqrt(6.0 / sum(before[k].shape))  # glorot_uniform
+        assert np.abs(fresh[k]).max() <= limit and not np.allclose(fresh[k], before[k])
+        np.testing.assert_allclose(after[k], 0.8 * before[k] + 0.2 * fresh[k], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(fresh[layer.bias.path], 0.0)  # zeros initializer
+        np.testing.assert_allclose(after[layer.bias.path], 0.8 * before[layer.bias.path], rtol=1e-5, atol=1e-7)
+    embedding = encoder.get_layer("embedding")
+    np.testing.assert_array_equal(after[embedding.kernel.path], before[embedding.kernel.path])
+    for path in ("standardise/mean", "standardise/variance"):  # not a weight layer: untouched
+        np.testing.assert_array_equal(after[path], before[path])
+    assert "embedding" in soft_reset(encoder, alpha=0.5, reset_embedding=True, seed=1)
+    with pytest.raises(DeepstabError, match="alpha"):
+        soft_reset(encoder, alpha=1.5)
+
+
+def test_soft_reset_of_batch_norm_only_when_asked():
+    model = DECS(3, (8, 8, 1), filters=(4, 4, 4, 4))
+    bn = [w for w in model.encoder.weights if "batch_normalization" in w.path and w.path.endswith("gamma")]
+    for w in bn:
+        w.assign(np.full(w.shape, 3.0, dtype=np.float32))
+    soft_reset(model.encoder, alpha=0.5, seed=0)
+    assert all(np.allclose(np_(w.value), 3.0) for w in bn)
+    soft_reset(model.encoder, alpha=0.5, reset_batchnorm=True, seed=0)
+    assert all(np.allclose(np_(w.value), 2.0) for w in bn)  # 0.5 * 3 + 0.5 * 1
+
+
+def test_reclustering_replaces_centroids_and_zeroes_their_moments(x):
+    model = _trained(IDEC, x, epochs=2)
+    optimizer = model.optimizer
+    centroid_slots = [v for v in optimizer.variables if v.path.split("/")[-1].startswith("clustering_centroids")]
+    assert len(centroid_slots) == 2 and all(np.abs(np_(v.value)).max() > 0 for v in centroid_slots)
+    slot_ids = {id(v) for v in centroid_slots}
+    other = [v for v in optimizer.variables if v.shape != () and id(v) not in slot_ids]
+    other_before = [np.array(np_(v.value)) for v in other]
+    before = np.array(np_(model.clustering.centroids))
+    callback = BRB(x, interval=1, reset=False, subsample=50, seed=0)
+    callback.set_model(model)
+    callback.on_epoch_begin(1)
+    assert callback.reset_epochs == [1] and model.target_stale
+    assert not np.allclose(np_(model.clustering.centroids), before)
+    assert all(np.abs(np_(v.value)).max() == 0 for v in centroid_slots)
+    assert all(np.array_equal(np_(v.value), b) for v, b in zip(other, other_before))
+    assert zero_optimizer_moments(optimizer, []) == 0
+
+
+def test_callback_fires_exactly_every_interval(x):
+    model = _trained(DCN, x)
+    callback = BRB(x, interval=3, subsample=40, seed=0)
+    counts_after_reset = []
+    original = model.set_centroids
+    model.set_centroids = lambda c: (original(c), counts_after_reset.append(np_(model.counts).copy()))
+    history = model.fit(x, epochs=7, batch_size=32, verbose=0, callbacks=[callback], seed=0).history
+    assert callback.reset_epochs == [3, 6]
+    assert history["brb"] == [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+    assert all(np.allclose(c, 100.0) for c in counts_after_reset)  # DCN's counts restart
+
+
+def test_bad_brb_arguments(x):
+    with pytest.raises(DeepstabError, match="interval"):
+        BRB(x, interval=0)
+    with pytest.raises(DeepstabError, match="neither"):
+        BRB(x, reset=False, recluster=False)
+    with pytest.raises(DeepstabError, match="alpha"):
+        BRB(x, alpha=-0.1)
+
+
+def test_dec_target_follows_the_reclustered_centroids(x):
+    model = _trained(DEC, x)
+    callback = BRB(x, interval=2, subsample=60, seed=0)
+    seen, reclustered = [], []
+    original, set_centroids = model.refresh_target, model.set_centroids
+    model.refresh_target = lambda data: (original(data), seen.append(np.array(np_(model.clustering.centroids))))
+    model.set_centroids = lambda c: (set_centroids(c), reclustered.append(np.array(c)))
+    model.fit(x, epochs=3, batch_size=32, verbose=0, callbacks=[callback], seed=0)
+    assert callback.reset_epochs == [2] and len(seen) == 3 and len(reclustered) == 1
+    # The target of epoch 2 was computed from the centroids of the re-clustering, not the old ones.
+    np.testing.assert_allclose(seen[2], reclustered[0], rtol=1e-6)
