@@ -124,3 +124,12 @@ def test_dec_target_follows_the_reclustered_centroids(x):
     assert callback.reset_epochs == [2] and len(seen) == 3 and len(reclustered) == 1
     # The target of epoch 2 was computed from the centroids of the re-clustering, not the old ones.
     np.testing.assert_allclose(seen[2], reclustered[0], rtol=1e-6)
+
+
+def test_brb_works_with_decs(x):
+    model = DECS(3, (8, 8, 1), filters=(4, 4, 4, 4))
+    model.pretrain(x, epochs=1, batch_size=32, verbose=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    callback = BRB(x, interval=1, subsample=60, seed=0)
+    history = model.fit(x, epochs=3, batch_size=32, verbose=0, callbacks=[callback]).history
+    assert callback.reset_epochs == [1, 2] and history["brb"] == [0.0, 1.0, 1.0]

@@ -74,18 +74,20 @@ def test_predict_bad_model_files(tmp_path, blobs_npz, trained):
     assert_clean_error(invoke("predict", ae, "--dataset", f"npz:{blobs_npz}"), "holds a ConvAutoencoder model")
 
 
-def test_bad_inputs_give_one_paragraph_errors(tmp_path):
-    assert_clean_error(invoke("decs", "--dataset", "nope", *QUICK), "Unknown dataset 'nope'")
-    assert_clean_error(invoke("decs", "--dataset", "usps", "--data-dir", tmp_path, *QUICK), "usps_train.jf.gz.*not found")
+@pytest.mark.parametrize("command", ["decs", "dec", "idec", "dcn"])
+def test_bad_inputs_give_one_paragraph_errors(tmp_path, command):
+    quick = QUICK if command == "decs" else ["--pretrain-epochs", "1", "--epochs", "1"]
+    assert_clean_error(invoke(command, "--dataset", "nope", *quick), "Unknown dataset 'nope'")
+    assert_clean_error(invoke(command, "--dataset", "usps", "--data-dir", tmp_path, *quick), "usps_train.jf.gz.*not found")
     x = np.random.default_rng(0).random((5, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "few.npz", x=x)
     assert_clean_error(
-        invoke("decs", "--dataset", f"npz:{tmp_path / 'few.npz'}", "--n-clusters", 9, *QUICK), "larger than the number of samples"
+        invoke(command, "--dataset", f"npz:{tmp_path / 'few.npz'}", "--n-clusters", 9, *quick), "larger than the number of samples"
     )
     x[0, 0, 0] = np.nan
     np.savez(tmp_path / "nan.npz", x=x)
-    assert_clean_error(invoke("decs", "--dataset", f"npz:{tmp_path / 'nan.npz'}", *QUICK), "NaN or infinite")
-    assert_clean_error(invoke("decs", "--dataset", f"npz:{tmp_path / 'few.npz'}", *QUICK), "no labels.*--n-clusters")
+    assert_clean_error(invoke(command, "--dataset", f"npz:{tmp_path / 'nan.npz'}", "--n-clusters", 2, *quick), "NaN or infinite")
+    assert_clean_error(invoke(command, "--dataset", f"npz:{tmp_path / 'few.npz'}", *quick), "no labels.*--n-clusters")
 
 
 def test_datasets_lists_names_and_availability(tmp_path):
@@ -96,7 +98,7 @@ def test_datasets_lists_names_and_availability(tmp_path):
     assert "no: put files in" in result.output
 
 
-@pytest.mark.parametrize("command", ["decs", "predict", "datasets"])
+@pytest.mark.parametrize("command", ["decs", "lfss", "dec", "idec", "dcn", "predict", "datasets"])
 def test_help_documents_defaults(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0
@@ -128,3 +130,31 @@ def test_stability_writes_every_promised_file(tmp_path, blobs_npz):
 
 def test_stability_bad_settings(blobs_npz):
     assert_clean_error(invoke("stability", "--dataset", f"npz:{blobs_npz}", "--epochs", "2", "--track-every", "3"), "track_every must lie between")
+
+
+CENTROID_QUICK = ["--pretrain-epochs", "3", "--pretrain-batch-size", "32", "--epochs", "4", "--batch-size", "40"]
+
+
+@pytest.mark.parametrize("method", ["dec", "idec", "dcn"])
+def test_centroid_methods_with_brb_share_one_autoencoder(tmp_path, blobs_npz, method):
+    models = tmp_path / "models"
+    out = models / f"{method}.keras"
+    result = invoke(method, "--dataset", f"npz:{blobs_npz}", *CENTROID_QUICK, "--brb", "--brb-interval", "2",
+                    "--brb-subsample", "50", "--output", out, "--models-dir", models)
+    assert result.exit_code == 0, result.output
+    assert "Final model: ACC" in result.output and "BRB interventions at the start of epochs: 3" in result.output
+    assert out.is_file() and out.with_suffix(".csv").is_file() and out.with_suffix(".png").is_file()
+    assert [p.name for p in models.glob("dense-ae-*")] == ["dense-ae-blobs-e3-3ep-b32-seed0.keras"]
+    predicted = invoke("predict", out, "--dataset", f"npz:{blobs_npz}", "--output", tmp_path / "labels.csv")
+    assert predicted.exit_code == 0 and "ACC" in predicted.output, predicted.output
+    again = invoke("dcn", "--dataset", f"npz:{blobs_npz}", *CENTROID_QUICK, "--output", models / "other.keras", "--models-dir", models)
+    assert "Reusing the pretrained autoencoder" in again.output
+
+
+def test_centroid_bad_settings(blobs_npz):
+    assert_clean_error(invoke("dec", "--dataset", f"npz:{blobs_npz}", "--brb", "--brb-alpha", "2"), "brb_alpha must lie in")
+    assert_clean_error(invoke("idec", "--dataset", f"npz:{blobs_npz}", "--epochs", "-1"), "epochs must be zero or positive")
+    assert_clean_error(
+        invoke("dcn", "--dataset", f"npz:{blobs_npz}", "--brb", "--no-brb-reset", "--no-brb-recluster"), "does nothing"
+    )
+    assert_clean_error(invoke("dec", "--dataset", "nope"), "Unknown dataset 'nope'")

@@ -102,3 +102,26 @@ def test_stability_tracks_lfss(tmp_path, colour_npz):
     assert (out / "report.html").is_file() and (out / "model.keras").is_file()
     with open(out / "stability.csv") as handle:
         assert handle.readline().strip() == "index,label,epoch_1,epoch_2,cluster"
+
+
+def test_cli_lfss_on_an_imagenet10_folder_streams_from_the_disk_cache(tmp_path):
+    from PIL import Image
+
+    from deepstab.datasets import IMAGENET10_WNIDS
+
+    rng = np.random.default_rng(0)
+    for wnid in IMAGENET10_WNIDS:
+        folder = tmp_path / "data" / "imagenet" / "train" / wnid
+        folder.mkdir(parents=True)
+        for j in range(2):
+            Image.fromarray(rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(folder / f"{wnid}_{j}.JPEG")
+    out = tmp_path / "lfss-in10.keras"
+    result = CliRunner().invoke(
+        cli.cli,
+        ["lfss", "--dataset", "imagenet10", "--data-dir", str(tmp_path / "data"), "--preset", "cpu", "--epochs", "2", *TINY_CLI, "--output", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "ResNet-18" in result.output and "k-means on the target embeddings" in result.output
+    assert (tmp_path / "data" / "imagenet" / ".deepstab-cache" / "imagenet10-x.npy").is_file()
+    predicted = CliRunner().invoke(cli.cli, ["predict", str(out), "--dataset", "imagenet10", "--data-dir", str(tmp_path / "data")])
+    assert predicted.exit_code == 0 and "Wrote 20 labels" in predicted.output, predicted.output
