@@ -106,7 +106,13 @@ class TorchLFSS:
         features = backbone(torch.zeros(2, 3, 32, 32)).shape[1]
         self.online = nn.Sequential(backbone, mlp(features, hidden, dim))
         self.predictor = mlp(dim, hidden, dim)
-        self.target, self.predecessor = copy.deepcopy(self.online).eval(), copy.deepcopy(self.online).eval()
+        # Target and predecessor normalise with batch statistics and never update their running
+        # ones (train mode, BN momentum 0), as deepstab's LFSSModel step.
+        self.target, self.predecessor = copy.deepcopy(self.online), copy.deepcopy(self.online)
+        for frozen in (self.target, self.predecessor):
+            for module in frozen.modules():
+                if isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
+                    module.momentum = 0.0
         for p in list(self.target.parameters()) + list(self.predecessor.parameters()):
             p.requires_grad_(False)
         self.optimizer = torch.optim.SGD(
