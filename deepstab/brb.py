@@ -19,6 +19,8 @@ embedding has been pulled so tightly around the centroids that no sample moves (
 
 from __future__ import annotations
 
+import time
+
 import keras
 import numpy as np
 
@@ -97,7 +99,7 @@ class BRB(keras.callbacks.Callback):
     """Soft reset and re-clustering every ``interval`` epochs (at the start of epochs
     ``interval``, ``2 interval``, ...; never after the last epoch, so the final model is a
     trained one). The epochs (0-based) are kept in ``reset_epochs`` and marked ``brb = 1``
-    in the logs.
+    in the logs; ``seconds`` is the time spent in the interventions.
 
     Args:
         x: the training images (the subsample for k-means is drawn from them).
@@ -138,10 +140,12 @@ class BRB(keras.callbacks.Callback):
         self.reset_embedding, self.reset_batchnorm, self.n_init = bool(reset_embedding), bool(reset_batchnorm), int(n_init)
         self.rng = np.random.default_rng(seed)
         self.reset_epochs: list[int] = []
+        self.seconds = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == 0 or epoch % self.interval:
             return
+        start = time.perf_counter()
         model = self.model
         if self.reset:
             soft_reset(model.encoder, self.alpha, self.reset_embedding, self.reset_batchnorm, seed=int(self.rng.integers(2**31)))
@@ -156,6 +160,7 @@ class BRB(keras.callbacks.Callback):
         if hasattr(model, "on_recluster"):
             model.on_recluster()
         self.reset_epochs.append(epoch)
+        self.seconds += time.perf_counter() - start
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:

@@ -101,6 +101,7 @@ class CentroidResult:
     init_metrics: dict[str, float] | None
     sizes: dict[str, object]
     reset_epochs: list[int]
+    brb_seconds: float
     pretrain_seconds: float
     cluster_seconds: float
     history: dict[str, list] = field(default_factory=dict)
@@ -173,7 +174,7 @@ def run_centroid(run: CentroidRun, data: tuple[np.ndarray, np.ndarray | None] | 
     labels = model.predict_labels(x)
     result = CentroidResult(
         model, labels, evaluate(y, labels) if y is not None else None, init_metrics, cluster_sizes(labels, k),
-        list(brb.reset_epochs) if brb else [], pretrain_seconds, cluster_seconds, history,
+        list(brb.reset_epochs) if brb else [], brb.seconds if brb else 0.0, pretrain_seconds, cluster_seconds, history,
     )
     result.model_path = save_model(model, run.model_path)
     result.labels_path = write_labels_csv(run.model_path.with_suffix(".csv"), labels, None, y)
@@ -218,7 +219,10 @@ def summary(run: CentroidRun, result: CentroidResult) -> str:
     sizes = result.sizes
     lines.append(f"Cluster sizes: {sizes['counts']} ({sizes['n_nonempty']} non-empty)")
     if run.brb:
-        lines.append(f"BRB interventions at the start of epochs: {', '.join(str(e + 1) for e in result.reset_epochs) or 'none'}")
+        lines.append(
+            f"BRB interventions at the start of epochs: {', '.join(str(e + 1) for e in result.reset_epochs) or 'none'} "
+            f"({result.brb_seconds:.1f} s in all)"
+        )
     lines.append(f"Wall time: pretraining {result.pretrain_seconds:.0f} s, clustering {result.cluster_seconds:.0f} s")
     saved = f"Saved the model to {result.model_path} and the labels to {result.labels_path}"
     lines.append(saved + (f"; ACC over epochs in {result.plot_path}" if result.plot_path else ""))
