@@ -89,7 +89,8 @@ class CentroidRun:
     def autoencoder_path(self, embedding_dim: int) -> Path:
         """The pretrained autoencoder shared by DEC, IDEC and DCN (with or without BRB) of this
         dataset, schedule and seed."""
-        name = f"dense-ae-{datasets.slug(self.dataset)}-e{embedding_dim}-{self.pretrain_epochs}ep-b{self.pretrain_batch_size}-seed{self.seed}.keras"
+        views = "" if self.augment else "-noaug"
+        name = f"dense-ae-{datasets.slug(self.dataset)}-e{embedding_dim}-{self.pretrain_epochs}ep-b{self.pretrain_batch_size}{views}-seed{self.seed}.keras"
         return Path(self.models_dir) / name
 
 
@@ -117,7 +118,8 @@ def build_model(run: CentroidRun, shape: tuple[int, ...], k: int) -> CentroidMod
 
 
 def _pretrained_autoencoder(run: CentroidRun, model: CentroidModel, x: np.ndarray) -> float:
-    """Load the shared pretrained autoencoder, or pretrain and save it; return seconds spent."""
+    """Load the shared pretrained autoencoder, or pretrain and save it (on the views the
+    clustering stage will see: augmented unless ``--no-augment``); return seconds spent."""
     path = run.autoencoder_path(model.autoencoder.embedding_dim)
     if path.exists():
         saved = load_model(path, expect=DenseAutoencoder)

@@ -2,7 +2,9 @@
 
 Stage 1 (:class:`DenseAutoencoder`) pretrains ``d-1024-512-256-e`` on flattened,
 per-feature standardised images with MSE. Stage 2 initialises the centroids with
-k-means on the embeddings and trains on augmented batches (small shifts and rotations):
+k-means on the embeddings. Both stages train on augmented batches (small shifts and
+rotations; pretraining on clean images only made the embedding drift so far in the first
+clustering epoch that DCN put every USPS image in one cluster):
 
 - :class:`DEC` (Xie et al. 2016): Student-t assignments ``q`` (Eq. 1), the target ``P``
   (Eq. 3) of the whole un-augmented training set, refreshed every ``target_interval``
@@ -48,7 +50,7 @@ class DenseAutoencoder(keras.Model):
         input_shape: image shape (H, W, C); images are flattened inside.
         embedding_dim: size ``e`` of the embedding (the BRB setup: the number of clusters).
         hidden: encoder widths (1024, 512, 256); the decoder mirrors them.
-        shift, rotation: augmentation of the clustering stage (0 and 0 disable it).
+        shift, rotation: augmentation of both stages (0 and 0 disable it).
 
     Call :meth:`adapt` on the training images before training: it fits the per-feature
     standardisation.
@@ -117,8 +119,9 @@ class DenseAutoencoder(keras.Model):
         return [self.loss_tracker]
 
     def train_step(self, data):
-        """One pretraining step: MSE reconstruction of the (un-augmented) batch."""
-        x = ops.convert_to_tensor(images_of(data))
+        """One pretraining step: MSE reconstruction of an augmented view of the batch (the
+        views the clustering stage trains on; with ``shift = rotation = 0``, the batch itself)."""
+        x = self.augmented(ops.convert_to_tensor(images_of(data)))
         loss = self.reconstruction_loss(x, self.encoder(x, training=True))
         apply_gradients(self, loss, self.trainable_weights)
         self.loss_tracker.update_state(loss)
@@ -144,7 +147,8 @@ class CentroidModel(keras.Model):
         input_shape: image shape (H, W, C).
         embedding_dim: ``e``; ``None`` takes K, as the BRB setup.
         hidden: encoder widths.
-        augment: train the clustering stage on shifted and rotated views.
+        augment: pretrain and cluster on shifted and rotated views (the clustering stage
+            should see the views the autoencoder was pretrained on).
         shift, rotation: the augmentation's range.
         alpha: Student-t degrees of freedom of the soft assignments (DEC: 1).
         seed: seed of the augmentation.
@@ -172,7 +176,7 @@ class CentroidModel(keras.Model):
             raise DeepstabError(f"alpha must be positive, got {alpha!r}.")
         self.n_clusters, self.use_augment = int(n_clusters), bool(augment)
         dim = self.n_clusters if embedding_dim is None else int(embedding_dim)
-        self.autoencoder = DenseAutoencoder(input_shape, dim, hidden, shift, rotation)
+        self.autoencoder = DenseAutoencoder(input_shape, dim, hidden, shift if augment else 0.0, rotation if augment else 0.0)
         self.clustering = ClusteringLayer(self.n_clusters, alpha, name="clustering")
         self.clustering.build((None, dim))
         self.centroids_ready = self.add_weight(name="centroids_ready", shape=(), initializer="zeros", trainable=False)
@@ -260,7 +264,7 @@ class CentroidModel(keras.Model):
 
     def _views(self, data):
         x = ops.convert_to_tensor(images_of(data))
-        return self.autoencoder.augmented(x) if self.use_augment else x
+        return self.autoencoder.augmented(x)
 
     def get_config(self):
         ae = self.autoencoder
