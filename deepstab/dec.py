@@ -383,6 +383,11 @@ class DCN(CentroidModel):
         initial_count: the count ``c_k`` every centroid starts from (and restarts from after
             BRB's re-clustering); 100 as the DCN authors' code, so the first batches do not
             drag a centroid onto a handful of samples.
+
+    A cluster that receives no sample during an epoch is re-seeded at the embedding of a
+    random training image (count back to ``initial_count``), as the DCN authors' code does
+    with lost clusters: the k-means term can shrink the embedding until one centroid is
+    nearest to every sample, and a lost centroid never moves again. ``reseeded`` counts them.
     """
 
     method = "dcn"
@@ -397,6 +402,27 @@ class DCN(CentroidModel):
         self.lam, self.initial_count = float(lam), float(initial_count)
         self.clustering.trainable = False
         self.counts = self.add_weight(name="counts", shape=(self.n_clusters,), initializer="ones", trainable=False)
+        self.assigned_this_epoch: torch.Tensor | None = None
+        self.reseeded = 0
+
+    def _fit_callbacks(self, x, callbacks):
+        return [*callbacks, LostClusterReseed(x)]
+
+    def reseed_lost_clusters(self, x: np.ndarray, rng: np.random.Generator) -> int:
+        """Move the centroids that got no sample this epoch onto random embeddings of ``x``."""
+        if self.assigned_this_epoch is None:
+            return 0
+        lost = np.flatnonzero(ops.convert_to_numpy(self.assigned_this_epoch) == 0)
+        self.assigned_this_epoch = None
+        if len(lost):
+            centroids = np.array(ops.convert_to_numpy(self.clustering.centroids))
+            counts = np.array(ops.convert_to_numpy(self.counts))
+            centroids[lost] = self.embed(x[np.sort(rng.choice(len(x), len(lost), replace=False))])
+            counts[lost] = self.initial_count
+            self.clustering.centroids.assign(centroids)
+            self.counts.assign(counts)
+            self.reseeded += len(lost)
+        return len(lost)
 
     def set_centroids(self, centres: np.ndarray) -> None:
         super().set_centroids(centres)
@@ -416,7 +442,10 @@ class DCN(CentroidModel):
         loss = self.autoencoder.reconstruction_loss(x, z) + self.lam * dcn_cluster_loss(z, centroids, assignments)
         apply_gradients(self, loss, self.trainable_variables_of_step())
         with torch.no_grad():
-            new_centroids, new_counts = dcn_centroid_update(centroids, self.counts.value, z.detach(), assignments)
+            counts = self.counts.value
+            new_centroids, new_counts = dcn_centroid_update(centroids, counts, z.detach(), assignments)
+            assigned = new_counts - counts
+            self.assigned_this_epoch = assigned if self.assigned_this_epoch is None else self.assigned_this_epoch + assigned
             self.clustering.centroids.assign(new_centroids)
             self.counts.assign(new_counts)
         self.loss_tracker.update_state(loss)
@@ -438,6 +467,19 @@ class TargetRefresh(keras.callbacks.Callback):
         model = self.model
         if model.target is None or model.target_stale or epoch % model.target_interval == 0:
             model.refresh_target(self.x)
+
+
+class LostClusterReseed(keras.callbacks.Callback):
+    """DCN: at every epoch end, re-seed the clusters that got no sample (logs ``reseeded``)."""
+
+    def __init__(self, x: np.ndarray, seed: int = 0):
+        super().__init__()
+        self.x, self.rng = x, np.random.default_rng(seed)
+
+    def on_epoch_end(self, epoch, logs=None):
+        count = self.model.reseed_lost_clusters(self.x, self.rng)
+        if logs is not None:
+            logs["reseeded"] = float(count)
 
 
 METHODS: dict[str, type[CentroidModel]] = {"dec": DEC, "idec": IDEC, "dcn": DCN}

@@ -155,3 +155,18 @@ def test_bad_arguments_and_inputs(blobs):
         model.fit(x[..., 0], epochs=1)
     with pytest.raises(DeepstabError, match="too few"):
         model.fit(x[:2], epochs=1)
+
+
+def test_dcn_reseeds_a_cluster_that_got_no_sample(blobs):
+    x, _ = blobs
+    model = DCN(3, (8, 8, 1), augment=False, **SMALL)
+    model.autoencoder.adapt(x)
+    model.compile(optimizer="adam")
+    model.initialize_centroids(x, seed=0)
+    far = np_(model.clustering.centroids).copy()
+    far[2] = 1e6  # nobody's nearest centroid
+    model.clustering.centroids.assign(far)
+    history = model.fit(x, epochs=2, batch_size=32, verbose=0, seed=0).history
+    assert history["reseeded"][0] == 1.0 and model.reseeded >= 1
+    assert np.abs(np_(model.clustering.centroids)[2]).max() < 1e3
+    assert len(np.unique(model.predict_labels(x))) == 3
