@@ -24,7 +24,9 @@ elif os.environ.setdefault("KERAS_BACKEND", "torch") != "torch":
         f"{os.environ['KERAS_BACKEND']!r}. Unset it or set KERAS_BACKEND=torch."
     )
 
+from deepstab.brb import BRB  # noqa: E402
 from deepstab.datasets import load  # noqa: E402
+from deepstab.dec import DCN, DEC, IDEC  # noqa: E402
 from deepstab.decs import DECS, ConvAutoencoder  # noqa: E402
 from deepstab.layers import ClusteringLayer  # noqa: E402
 from deepstab.lfss import LFSSModel  # noqa: E402
@@ -35,7 +37,11 @@ from deepstab.stability import SampleStabilityTracker  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "BRB",
+    "DCN",
+    "DEC",
     "DECS",
+    "IDEC",
     "ClusteringLayer",
     "ConvAutoencoder",
     "DeepstabError",

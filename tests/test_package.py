@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-MODULES = ["deepstab.datasets", "deepstab.metrics", "deepstab.thresholds", "deepstab.layers", "deepstab.augment", "deepstab.decs", "deepstab.stability"]
+MODULES = ["deepstab.datasets", "deepstab.metrics", "deepstab.thresholds", "deepstab.layers", "deepstab.augment", "deepstab.decs", "deepstab.stability", "deepstab.dec", "deepstab.networks", "deepstab.lfss"]
 
 
 @pytest.mark.parametrize("module", MODULES)
