@@ -24,8 +24,8 @@ from deepstab.dec import METHODS, CentroidModel, DenseAutoencoder
 from deepstab.errors import DeepstabError
 from deepstab.files import atomic_path
 from deepstab.metrics import cluster_sizes, evaluate
-from deepstab.runner import choose_n_clusters, format_metrics, write_labels_csv
-from deepstab.saving import load_model, save_model
+from deepstab.runner import choose_n_clusters, format_metrics, pretrained_autoencoder, write_labels_csv
+from deepstab.saving import save_model
 
 
 @dataclass
@@ -117,32 +117,6 @@ def build_model(run: CentroidRun, shape: tuple[int, ...], k: int) -> CentroidMod
     return METHODS[run.method](k, shape, embedding_dim=run.embedding_dim, augment=run.augment, alpha=run.alpha, **extra[run.method])
 
 
-def _pretrained_autoencoder(run: CentroidRun, model: CentroidModel, x: np.ndarray) -> float:
-    """Load the shared pretrained autoencoder, or pretrain and save it (on the views the
-    clustering stage will see: augmented unless ``--no-augment``); return seconds spent."""
-    path = run.autoencoder_path(model.autoencoder.embedding_dim)
-    if path.exists():
-        saved = load_model(path, expect=DenseAutoencoder)
-        if saved.image_shape != model.image_shape or saved.hidden != model.autoencoder.hidden:
-            raise DeepstabError(
-                f"The saved autoencoder {path} has input {saved.image_shape} and widths {saved.hidden}, not "
-                f"{model.image_shape} and {model.autoencoder.hidden}. Delete it or use another --models-dir."
-            )
-        model.autoencoder.set_weights(saved.get_weights())
-        print(f"Reusing the pretrained autoencoder {path}")
-        return 0.0
-    print(f"Pretraining the feed-forward autoencoder: {run.pretrain_epochs} epochs, batch {run.pretrain_batch_size}")
-    start = time.perf_counter()
-    backup = keras.callbacks.BackupAndRestore(str(path.parent / f".backup-{path.stem}"))
-    model.pretrain(
-        x, epochs=run.pretrain_epochs, batch_size=run.pretrain_batch_size, optimizer=keras.optimizers.Adam(run.lr),
-        callbacks=[backup], verbose=run.verbose,
-    )
-    seconds = time.perf_counter() - start
-    save_model(model.autoencoder, path)
-    return seconds
-
-
 def run_centroid(run: CentroidRun, data: tuple[np.ndarray, np.ndarray | None] | None = None) -> CentroidResult:
     """Load the data, pretrain (or reuse) the autoencoder, k-means, cluster with the method
     (and BRB when asked), evaluate the final model, save the model, labels and a plot."""
@@ -150,7 +124,9 @@ def run_centroid(run: CentroidRun, data: tuple[np.ndarray, np.ndarray | None] | 
     x, y = data if data is not None else datasets.load(run.dataset, run.data_dir)
     k = choose_n_clusters(run, y, len(x))
     model = build_model(run, tuple(x.shape[1:]), k)
-    pretrain_seconds = _pretrained_autoencoder(run, model, x)
+    # Pretrained on the views the clustering stage will see (augmented unless --no-augment).
+    path = run.autoencoder_path(model.autoencoder.embedding_dim)
+    pretrain_seconds = pretrained_autoencoder(run, model, x, path, DenseAutoencoder, "feed-forward autoencoder")
 
     start = time.perf_counter()
     init_labels = model.initialize_centroids(x, seed=run.seed)

@@ -28,8 +28,8 @@ import torch
 from keras import ops
 
 from deepstab.augment import RandomShiftRotation
+from deepstab.centroids import CentroidMixin
 from deepstab.errors import DeepstabError
-from deepstab.kmeans import kmeans
 from deepstab.layers import ClusteringLayer
 from deepstab.losses import (
     dcn_centroid_update,
@@ -138,7 +138,7 @@ class DenseAutoencoder(keras.Model):
         }
 
 
-class CentroidModel(keras.Model):
+class CentroidModel(CentroidMixin, keras.Model):
     """What DEC, IDEC and DCN share: the autoencoder, K centroids, k-means initialisation,
     embeddings and hard labels (the nearest centroid), and ``fit`` on indexed batches.
 
@@ -185,22 +185,6 @@ class CentroidModel(keras.Model):
 
     # ------------------------------------------------------------------ forward
 
-    @property
-    def encoder(self) -> keras.Model:
-        return self.autoencoder.encoder
-
-    @property
-    def image_shape(self) -> tuple[int, ...]:
-        return self.autoencoder.image_shape
-
-    def call(self, x, training=False):
-        """Soft assignments ``q`` (Student-t, DEC Eq. 1) of the images ``x``."""
-        return self.clustering(self.encoder(x, training=training))
-
-    def embed(self, x, batch_size: int = 1024) -> np.ndarray:
-        """Embeddings ``z`` of ``x`` as a NumPy array."""
-        return self.encoder.predict(x, batch_size=batch_size, verbose=0)
-
     def predict_labels(self, x, batch_size: int = 1024) -> np.ndarray:
         """Hard labels: the nearest centroid of each embedding (``argmax_j q_ij`` for DEC/IDEC)."""
         z = ops.convert_to_tensor(self.embed(x, batch_size))
@@ -213,22 +197,6 @@ class CentroidModel(keras.Model):
         self.autoencoder.adapt(x)
         self.autoencoder.compile(optimizer=optimizer or keras.optimizers.Adam(1e-3))
         return self.autoencoder.fit(x, epochs=epochs, batch_size=batch_size, **fit_kwargs)
-
-    def initialize_centroids(self, x, n_init: int = 20, seed: int | None = None) -> np.ndarray:
-        """Set the centroids to k-means centres of the embeddings of ``x``; return its labels."""
-        centres, labels = kmeans(self.embed(x), self.n_clusters, n_init=n_init, seed=seed)
-        self.set_centroids(centres)
-        return labels
-
-    def set_centroids(self, centres: np.ndarray) -> None:
-        """Replace the centroids (k-means initialisation, BRB's re-clustering)."""
-        self.clustering.centroids.assign(np.asarray(centres, dtype=np.float32))
-        self.centroids_ready.assign(1.0)
-
-    @property
-    def centroid_variables(self) -> list:
-        """The centroid variables the optimizer updates (their moments are reset by BRB)."""
-        return list(self.clustering.trainable_weights)
 
     def trainable_variables_of_step(self) -> list:
         variables = self.encoder.trainable_weights + self.centroid_variables

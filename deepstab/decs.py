@@ -16,8 +16,8 @@ from keras import ops
 
 from deepstab.augment import RandomShiftRotation
 from deepstab.callbacks import COLLAPSE_ACTIONS, CollapseGuard
+from deepstab.centroids import CentroidMixin
 from deepstab.errors import DeepstabError
-from deepstab.kmeans import kmeans
 from deepstab.layers import ClusteringLayer
 from deepstab.losses import VARIANTS, decs_loss, size_prior
 from deepstab.metrics import cluster_sizes
@@ -102,7 +102,7 @@ class ConvAutoencoder(keras.Model):
 
 
 @keras.saving.register_keras_serializable(package="deepstab")
-class DECS(keras.Model):
+class DECS(CentroidMixin, keras.Model):
     """DECS clustering model: encoder + Student-t centroids, trained with the stability loss.
 
     ``model.predict(x)`` returns soft assignments ``q``; :meth:`predict_labels`
@@ -186,22 +186,6 @@ class DECS(keras.Model):
 
     # ------------------------------------------------------------------ forward
 
-    @property
-    def encoder(self) -> keras.Model:
-        return self.autoencoder.encoder
-
-    @property
-    def image_shape(self) -> tuple[int, ...]:
-        return self.autoencoder.image_shape
-
-    def call(self, x, training=False):
-        """Soft assignments ``q`` (Eq. 5) of the images ``x``."""
-        return self.clustering(self.encoder(x, training=training))
-
-    def embed(self, x, batch_size: int = 1024) -> np.ndarray:
-        """Embeddings ``z`` of ``x`` as a NumPy array."""
-        return self.encoder.predict(x, batch_size=batch_size, verbose=0)
-
     def predict_labels(self, x, batch_size: int = 1024) -> np.ndarray:
         """Hard cluster labels ``argmax_j q_ij``."""
         return np.argmax(self.predict(x, batch_size=batch_size, verbose=0), axis=1)
@@ -215,22 +199,6 @@ class DECS(keras.Model):
         """
         self.autoencoder.compile(optimizer=optimizer or keras.optimizers.Adam(1e-3))
         return self.autoencoder.fit(x, epochs=epochs, batch_size=batch_size, **fit_kwargs)
-
-    def initialize_centroids(self, x, n_init: int = 20, seed: int | None = None) -> np.ndarray:
-        """Set the centroids to k-means centres of the embeddings of ``x``; return its labels."""
-        centres, labels = kmeans(self.embed(x), self.n_clusters, n_init=n_init, seed=seed)
-        self.set_centroids(centres)
-        return labels
-
-    def set_centroids(self, centres: np.ndarray) -> None:
-        """Replace the centroids (k-means initialisation, or BRB's re-clustering)."""
-        self.clustering.centroids.assign(np.asarray(centres, dtype=np.float32))
-        self.centroids_ready.assign(1.0)
-
-    @property
-    def centroid_variables(self) -> list:
-        """The centroid variables the optimizer updates (BRB resets their moments)."""
-        return [self.clustering.centroids]
 
     def fit(self, x=None, y=None, callbacks=None, **kwargs):
         """Stage 2 through ``keras.Model.fit``.

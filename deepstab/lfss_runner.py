@@ -25,7 +25,7 @@ from deepstab.lfss import BASES, LFSSCheckpoint, LFSSModel, lfss_optimizer
 from deepstab.training import IndexedImages
 from deepstab.metrics import cluster_sizes
 from deepstab.runner import choose_n_clusters, format_metrics, write_labels_csv
-from deepstab.saving import load_model, save_model
+from deepstab.saving import save_model
 
 # The paper's schedule (LFSS §4.1, DESIGN §5) and a CPU-sized one (README, "LFSS schedules").
 PRESETS: dict[str, dict[str, float | int]] = {

@@ -178,20 +178,21 @@ def _backup_dir(path: Path) -> Path:
     return path.parent / f".backup-{path.stem}"
 
 
-def _pretrained_autoencoder(run: DECSRun, model: DECS, x: np.ndarray) -> float:
-    """Load the saved autoencoder for this run, or pretrain and save it; return seconds spent."""
-    path = run.autoencoder_path
+def pretrained_autoencoder(run, model: keras.Model, x: np.ndarray, path: Path, kind: type, what: str = "autoencoder") -> float:
+    """Load the autoencoder saved at ``path`` into ``model.autoencoder``, or pretrain it with
+    ``model.pretrain`` (resumable, Adam at ``run.lr``) and save it there; return the seconds spent.
+    ``run`` gives ``pretrain_epochs``, ``pretrain_batch_size``, ``lr`` and ``verbose``."""
     if path.exists():
-        saved = load_model(path, expect=ConvAutoencoder)
-        if saved.image_shape != model.autoencoder.image_shape:
+        saved = load_model(path, expect=kind)
+        if [tuple(w.shape) for w in saved.weights] != [tuple(w.shape) for w in model.autoencoder.weights]:
             raise DeepstabError(
-                f"The saved autoencoder {path} expects images of shape {saved.image_shape}, but "
-                f"{run.dataset!r} has {model.autoencoder.image_shape}. Delete it or use another --models-dir."
+                f"The saved autoencoder {path} was built for images of shape {saved.image_shape} or another network "
+                f"size than this run ({model.autoencoder.image_shape}). Delete it or use another --models-dir."
             )
         model.autoencoder.set_weights(saved.get_weights())
         print(f"Reusing the pretrained autoencoder {path}")
         return 0.0
-    print(f"Pretraining the autoencoder: {run.pretrain_epochs} epochs, batch {run.pretrain_batch_size}")
+    print(f"Pretraining the {what}: {run.pretrain_epochs} epochs, batch {run.pretrain_batch_size}")
     start = time.perf_counter()
     backup = keras.callbacks.BackupAndRestore(str(_backup_dir(path)))
     model.pretrain(
@@ -236,7 +237,7 @@ def run_decs(
         on_collapse=run.on_collapse,
         collapse_share=run.collapse_share,
     )
-    pretrain_seconds = _pretrained_autoencoder(run, model, x)
+    pretrain_seconds = pretrained_autoencoder(run, model, x, run.autoencoder_path, ConvAutoencoder)
     return _cluster(run, model, x, y, callbacks, pretrain_seconds, initialise=True)
 
 
