@@ -37,12 +37,16 @@ def friendly_errors(command):
     return wrapper
 
 
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False), default=None, help="Folder holding dataset files. [default: $DEEPSTAB_DATA, else ./data]"
+)
+
+
 def data_options(default: str):
     """The --dataset and --data-dir options every training command shares."""
 
     def apply(command):
-        command = click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder holding dataset files. [default: $DEEPSTAB_DATA, else ./data]")(command)
-        return click.option("--dataset", default=default, help="Dataset name (see `datasets`), npz:PATH or folder:PATH.")(command)
+        return click.option("--dataset", default=default, help="Dataset name (see `datasets`), npz:PATH or folder:PATH.")(data_dir_option(command))
 
     return apply
 
@@ -126,7 +130,7 @@ def lfss(depth, **options):
 @cli.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("--dataset", required=True, help="Dataset name (see `datasets`), npz:PATH or folder:PATH.")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder holding dataset files. [default: $DEEPSTAB_DATA, else ./data]")
+@data_dir_option
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="CSV file for the labels. [default: MODEL with .csv replaced by -<dataset>.csv]")
 @friendly_errors
 def predict(model_path, dataset, data_dir, output):
@@ -198,7 +202,7 @@ def _centroid_command(method: str, title: str):
     @click.option("--epochs", type=int, default=400, help="Clustering epochs.")
     @click.option("--batch-size", type=int, default=256, help="Clustering batch size.")
     @click.option("--lr", type=float, default=1e-3, help="Adam learning rate for both stages.")
-    @click.option("--augment/--no-augment", default=True, help="Train the clustering stage on shifted and rotated views.")
+    @click.option("--augment/--no-augment", default=True, help="Pretrain and cluster on shifted and rotated views.")
     @click.option("--brb", is_flag=True, help="Break the reclustering barrier (ICLR 2025): soft reset and re-clustering every --brb-interval epochs.")
     @click.option("--brb-interval", type=int, default=20, help="Epochs T between BRB interventions.")
     @click.option("--brb-alpha", type=float, default=0.8, help="Soft-reset factor α: θ ← α θ + (1 - α) φ.")
@@ -231,7 +235,7 @@ dcn = _centroid_command("dcn", "DCN (ICML 2017)")
 
 
 @cli.command(name="datasets")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder holding dataset files. [default: $DEEPSTAB_DATA, else ./data]")
+@data_dir_option
 @friendly_errors
 def list_datasets(data_dir):
     """List every dataset name, its image shape, its source and whether it is available now."""

@@ -35,14 +35,6 @@ def _initializer_draw(initializer, shape, seed: int | None):
     return initializer.__class__.from_config(config)(shape)
 
 
-def _layers(model: keras.Model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _layers(layer)
-        else:
-            yield layer
-
-
 def soft_reset(
     model: keras.Model,
     alpha: float,
@@ -61,7 +53,7 @@ def soft_reset(
         raise DeepstabError(f"The soft-reset factor alpha must lie in [0, 1], got {alpha}.")
     rng = np.random.default_rng(seed)
     reset = []
-    for layer in _layers(model):
+    for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, keras.layers.BatchNormalization):
             if not reset_batchnorm:
                 continue
@@ -89,7 +81,7 @@ def zero_optimizer_moments(optimizer: keras.optimizers.Optimizer, variables: lis
     prefixes = tuple(v.path.replace("/", "_") + "_" for v in variables)
     zeroed = 0
     for slot in optimizer.variables:
-        if slot.name.startswith(prefixes) or slot.path.split("/")[-1].startswith(prefixes):
+        if slot.name.startswith(prefixes):  # Keras names a slot "<variable path>_<slot>"
             slot.assign(keras.ops.zeros(slot.shape, dtype=slot.dtype))
             zeroed += 1
     return zeroed

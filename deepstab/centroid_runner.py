@@ -112,9 +112,8 @@ class CentroidResult:
 
 
 def build_model(run: CentroidRun, shape: tuple[int, ...], k: int) -> CentroidModel:
-    extra = {"dec": {"target_interval": run.target_interval}, "idec": {"target_interval": run.target_interval, "gamma": run.gamma}}
-    extra["dcn"] = {"lam": run.lam}
-    return METHODS[run.method](k, shape, embedding_dim=run.embedding_dim, augment=run.augment, alpha=run.alpha, **extra[run.method])
+    own = {"dec": {"target_interval": run.target_interval}, "idec": {"target_interval": run.target_interval, "gamma": run.gamma}, "dcn": {"lam": run.lam}}
+    return METHODS[run.method](k, shape, embedding_dim=run.embedding_dim, augment=run.augment, alpha=run.alpha, **own[run.method])
 
 
 def run_centroid(run: CentroidRun, data: tuple[np.ndarray, np.ndarray | None] | None = None) -> CentroidResult:

@@ -442,34 +442,39 @@ def wnid_source(folder: Path, wnids: tuple[str, ...], side: int = IMAGENET_SIDE)
             f"{' and more' if len(missing) > 5 else ''} ({len(missing)} of {len(wnids)}). Put the ImageNet training "
             f"images as {base}/<wnid>/*.JPEG, or point --data-dir at the folder that holds imagenet/."
         )
-    return _nonempty(class_folder_source(base, wnids, side, IMAGE_EXTENSIONS), base)
+    return class_folder_source(base, wnids, side, IMAGE_EXTENSIONS)
 
 
 def tiny_imagenet_source(folder: Path) -> Source:
     """Tiny-ImageNet's training split: ``tiny-imagenet-200/train/<wnid>/images/*.JPEG`` under
     ``folder`` (or ``folder/train/...``), classes in sorted WNID order."""
-    base = next((b for b in (folder / "tiny-imagenet-200" / "train", folder / "train") if b.is_dir()), None)
-    if base is None:
-        raise DeepstabError(
-            f"Tiny-ImageNet is read from {folder}/tiny-imagenet-200/train/<wnid>/images/*.JPEG: extract "
-            f"tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip) into {folder}, or point "
-            f"--data-dir at the folder that holds tiny-imagenet/."
-        )
-    classes = tuple(sorted(p.name for p in base.iterdir() if p.is_dir()))
-    return _nonempty(class_folder_source(base, classes, TINY_IMAGENET_SIDE, IMAGE_EXTENSIONS), base)
+    return _sorted_class_folders(
+        (folder / "tiny-imagenet-200" / "train", folder / "train"),
+        TINY_IMAGENET_SIDE,
+        f"Tiny-ImageNet is read from {folder}/tiny-imagenet-200/train/<wnid>/images/*.JPEG: extract "
+        f"tiny-imagenet-200.zip (http://cs231n.stanford.edu/tiny-imagenet-200.zip) into {folder}",
+    )
 
 
 def gtsrb_source(folder: Path) -> Source:
     """GTSRB's training images, ``GTSRB/Final_Training/Images/<00000..00042>/*.ppm`` under
     ``folder`` (or class folders directly in ``folder``), resized to 32x32."""
-    base = next((b for b in (folder / "GTSRB" / "Final_Training" / "Images", folder / "Final_Training" / "Images") if b.is_dir()), folder)
-    if not base.is_dir():
-        raise DeepstabError(
-            f"GTSRB is read from {folder}/GTSRB/Final_Training/Images/<class>/*.ppm: extract GTSRB_Final_Training_Images.zip "
-            f"(https://benchmark.ini.rub.de/gtsrb_dataset.html) into {folder}, or point --data-dir at the folder that holds gtsrb/."
-        )
+    return _sorted_class_folders(
+        (folder / "GTSRB" / "Final_Training" / "Images", folder / "Final_Training" / "Images", folder),
+        GTSRB_SIDE,
+        f"GTSRB is read from {folder}/GTSRB/Final_Training/Images/<class>/*.ppm: extract "
+        f"GTSRB_Final_Training_Images.zip (https://benchmark.ini.rub.de/gtsrb_dataset.html) into {folder}",
+    )
+
+
+def _sorted_class_folders(candidates: tuple[Path, ...], side: int, where: str) -> Source:
+    """The class sub-folders (sorted by name, searched recursively) of the first existing
+    folder among ``candidates``, resized to ``side``; ``where`` says how to get them."""
+    base = next((b for b in candidates if b.is_dir()), None)
+    if base is None:
+        raise DeepstabError(f"{where}, or point --data-dir at the folder that holds it.")
     classes = tuple(sorted(p.name for p in base.iterdir() if p.is_dir()))
-    return _nonempty(class_folder_source(base, classes, GTSRB_SIDE, IMAGE_EXTENSIONS), base)
+    return class_folder_source(base, classes, side, IMAGE_EXTENSIONS)
 
 
 def _read_optdigits(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -494,12 +499,6 @@ def _read_optdigits(folder: Path) -> tuple[np.ndarray, np.ndarray]:
         xs.append(table[:, :64])
         ys.append(table[:, 64])
     return (np.concatenate(xs).reshape(-1, 8, 8, 1) / 16.0).astype(np.float32), np.concatenate(ys)
-
-
-def _nonempty(source: Source, base: Path) -> Source:
-    if source[0] == 0:
-        raise DeepstabError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in the class folders of {base}.")
-    return source
 
 
 def _read_cifar10_jpg(folder: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -154,7 +154,6 @@ class CentroidModel(CentroidMixin, keras.Model):
         seed: seed of the augmentation.
     """
 
-    method = ""
     uses_decoder = False
 
     def __init__(
@@ -269,7 +268,6 @@ class DEC(CentroidModel):
     (64,)
     """
 
-    method = "dec"
 
     def __init__(self, n_clusters: int, input_shape: tuple[int, int, int], target_interval: int = 1, **kwargs):
         super().__init__(n_clusters, input_shape, **kwargs)
@@ -296,10 +294,14 @@ class DEC(CentroidModel):
         """DEC Eq. 2 against the rows of the current target ``P``."""
         return kl_divergence(self.target[ops.convert_to_tensor(index)], q)
 
+    def step_loss(self, x, z, index):
+        """The loss of one iteration: ``KL(P || Q)`` for DEC."""
+        return self.clustering_loss(self.clustering(z), index)
+
     def train_step(self, data):
-        """One DEC iteration on an augmented batch: ``KL(P || Q)``."""
-        z = self.encoder(self._views(data), training=True)
-        loss = self.clustering_loss(self.clustering(z), data[1])
+        """One iteration on an augmented batch, with :meth:`step_loss`."""
+        x = self._views(data)
+        loss = self.step_loss(x, self.encoder(x, training=True), data[1])
         apply_gradients(self, loss, self.trainable_variables_of_step())
         self.loss_tracker.update_state(loss)
         return self.get_metrics_result()
@@ -319,7 +321,6 @@ class IDEC(DEC):
     Note: DESIGN §6 writes the weight on the reconstruction side; this follows the paper.
     """
 
-    method = "idec"
     uses_decoder = True
 
     def __init__(self, n_clusters: int, input_shape: tuple[int, int, int], gamma: float = 0.1, **kwargs):
@@ -328,14 +329,9 @@ class IDEC(DEC):
             raise DeepstabError(f"gamma must be zero or positive, got {gamma!r}.")
         self.gamma = float(gamma)
 
-    def train_step(self, data):
-        """One IDEC iteration on an augmented batch (Eq. 7)."""
-        x = self._views(data)
-        z = self.encoder(x, training=True)
-        loss = self.autoencoder.reconstruction_loss(x, z) + self.gamma * self.clustering_loss(self.clustering(z), data[1])
-        apply_gradients(self, loss, self.trainable_variables_of_step())
-        self.loss_tracker.update_state(loss)
-        return self.get_metrics_result()
+    def step_loss(self, x, z, index):
+        """IDEC Eq. 7: ``L_r + γ KL(P || Q)``."""
+        return self.autoencoder.reconstruction_loss(x, z) + self.gamma * super().step_loss(x, z, index)
 
     def get_config(self):
         return {**super().get_config(), "gamma": self.gamma}
@@ -358,7 +354,6 @@ class DCN(CentroidModel):
     nearest to every sample, and a lost centroid never moves again. ``reseeded`` counts them.
     """
 
-    method = "dcn"
     uses_decoder = True
 
     def __init__(self, n_clusters: int, input_shape: tuple[int, int, int], lam: float = 1.0, initial_count: float = 100.0, **kwargs):

@@ -36,17 +36,17 @@ def to_unit_float(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def cache_paths(folder: Path, name: str, suffix: str = "") -> tuple[Path, Path]:
-    base = folder / CACHE_FOLDER / f"{name}{suffix}"
-    return base.with_name(base.name + "-x.npy"), base.with_name(base.name + "-y.npy")
+def cache_paths(folder: Path, name: str) -> tuple[Path, Path]:
+    """Where the images and the labels of ``name`` are cached under ``folder``."""
+    return folder / CACHE_FOLDER / f"{name}-x.npy", folder / CACHE_FOLDER / f"{name}-y.npy"
 
 
 def open_cached(
-    folder: Path, name: str, shape: tuple[int, int, int], source: Callable[[], Source], suffix: str = ""
+    folder: Path, name: str, shape: tuple[int, int, int], source: Callable[[], Source]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The cached ``(x, y)`` of ``name`` under ``folder``, memory-mapped read-only; built from
     ``source()`` first if absent. ``x`` is uint8 ``(N, *shape)``, ``y`` int64 (``-1``: no label)."""
-    x_path, y_path = cache_paths(folder, name, suffix)
+    x_path, y_path = cache_paths(folder, name)
     if not (x_path.is_file() and y_path.is_file()):
         n, items = source()
         _write(x_path, y_path, n, shape, items(), name)
@@ -118,6 +118,8 @@ def class_folder_source(
     for label, name in enumerate(classes):
         found = sorted(p for p in (base / name).rglob("*") if p.is_file() and p.suffix.lower() in extensions)
         files.extend((path, label) for path in found)
+    if not files:
+        raise DeepstabError(f"No images ({', '.join(extensions)}) found in the class folders of {base}.")
 
     def items() -> Iterator[tuple[np.ndarray, int]]:
         from PIL import Image

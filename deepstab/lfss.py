@@ -18,9 +18,10 @@ In the train step the target and the predecessor (frozen: only the online networ
 and the predictor learn) normalise with the statistics of the batch, as BYOL's
 target does, without touching their moving statistics; those, averaged by the EMA
 like every other weight, serve the embeddings, so each network stays a function of
-its weights. With inference-mode normalisation in the
-step instead, a CPU-sized run on CIFAR-10 learned far less (README, "LFSS"). ``base="simclr"`` and ``base="moco"`` replace ``L_S`` by
-their own loss (Table 6); ``stability=False`` switches ``L_I`` and ``L_C`` off.
+its weights. With inference-mode normalisation in the step instead, a CPU-sized run
+on CIFAR-10 learned far less (README, "LFSS"). ``base="simclr"`` and ``base="moco"``
+replace ``L_S`` by their own loss (Table 6); ``stability=False`` switches ``L_I`` and
+``L_C`` off.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from deepstab.runner import DECSRun, run_decs
 from deepstab.saving import load_model
 from deepstab.stability import SampleStabilityTracker
 
-# Methods whose training the job can track. DEC, IDEC and DCN join as they land.
+# Methods whose training the job can track (DEC, IDEC and DCN are not offered yet).
 METHODS = ("decs", "lfss")
 
 
