@@ -21,7 +21,7 @@ from deepstab import datasets
 from deepstab.brb import BRB
 from deepstab.callbacks import LabelMetrics
 from deepstab.dec import METHODS, CentroidModel, DenseAutoencoder
-from deepstab.errors import DeepstabError
+from deepstab.errors import DeepstabError, check_settings
 from deepstab.files import atomic_path
 from deepstab.metrics import cluster_sizes, evaluate
 from deepstab.runner import choose_n_clusters, format_metrics, pretrained_autoencoder, write_labels_csv
@@ -63,16 +63,12 @@ class CentroidRun:
     def __post_init__(self):
         if self.verbose is None:
             self.verbose = 1 if sys.stdout.isatty() else 2
-        if self.method not in METHODS:
-            raise DeepstabError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}.")
-        for name in ("pretrain_epochs", "epochs"):
-            if getattr(self, name) < 0:
-                raise DeepstabError(f"{name} must be zero or positive, got {getattr(self, name)}.")
-        for name in ("pretrain_batch_size", "batch_size", "eval_every", "target_interval", "brb_interval", "brb_subsample"):
-            if getattr(self, name) < 1:
-                raise DeepstabError(f"{name} must be a positive integer, got {getattr(self, name)}.")
-        if not self.lr > 0:
-            raise DeepstabError(f"lr must be positive, got {self.lr}.")
+        check_settings(
+            self,
+            choices={"method": tuple(METHODS)},
+            positive=("pretrain_batch_size", "batch_size", "eval_every", "target_interval", "brb_interval", "brb_subsample"),
+            non_negative=("pretrain_epochs", "epochs"),
+        )
         if not 0.0 <= self.brb_alpha <= 1.0:
             raise DeepstabError(f"brb_alpha must lie in [0, 1], got {self.brb_alpha}.")
         if self.brb and not (self.brb_reset or self.brb_recluster):

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from deepstab import datasets
-from deepstab.errors import DeepstabError
+from deepstab.errors import DeepstabError, check_settings
 from deepstab.image_store import to_unit_float
 from deepstab.lfss import BASES, LFSSCheckpoint, LFSSModel, lfss_optimizer
 from deepstab.training import IndexedImages
@@ -96,13 +96,7 @@ class LFSSRun:
             self.eta = paper_eta if self.preset == "paper" and paper_eta is not None else PRESETS[self.preset]["eta"]
         if self.sigma is None:
             self.sigma = paper_sigma
-        if self.base not in BASES:
-            raise DeepstabError(f"base must be one of {', '.join(BASES)}, got {self.base!r}.")
-        for name in ("epochs", "batch_size", "checkpoint_every", "eval_runs"):
-            if int(getattr(self, name)) < 1:
-                raise DeepstabError(f"{name} must be a positive integer, got {getattr(self, name)}.")
-        if not self.lr > 0:
-            raise DeepstabError(f"lr must be positive, got {self.lr}.")
+        check_settings(self, choices={"base": BASES}, positive=("epochs", "batch_size", "checkpoint_every", "eval_runs"))
 
     @property
     def model_path(self) -> Path:

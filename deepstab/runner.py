@@ -21,7 +21,7 @@ import numpy as np
 from deepstab import datasets
 from deepstab.callbacks import COLLAPSE_ACTIONS, LabelMetrics
 from deepstab.decs import DECS, ConvAutoencoder
-from deepstab.errors import DeepstabError
+from deepstab.errors import DeepstabError, check_settings
 from deepstab.files import atomic_path
 from deepstab.losses import VARIANTS
 from deepstab.metrics import cluster_sizes, evaluate
@@ -92,20 +92,14 @@ class DECSRun:
         for key, value in preset.items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
-        if self.variant not in VARIANTS:
-            raise DeepstabError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}.")
-        if self.on_collapse not in COLLAPSE_ACTIONS:
-            raise DeepstabError(f"on_collapse must be one of {', '.join(COLLAPSE_ACTIONS)}, got {self.on_collapse!r}.")
-        for name in ("pretrain_epochs", "iterations", "cluster_epochs"):
-            if (getattr(self, name) or 0) < 0:
-                raise DeepstabError(f"{name} must be zero or positive, got {getattr(self, name)}.")
-        for name in ("pretrain_batch_size", "batch_size"):
-            if getattr(self, name) < 1:
-                raise DeepstabError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        check_settings(
+            self,
+            choices={"variant": VARIANTS, "on_collapse": COLLAPSE_ACTIONS},
+            positive=("pretrain_batch_size", "batch_size"),
+            non_negative=("pretrain_epochs", "iterations", "cluster_epochs"),
+        )
         if not self.alpha > 0:
             raise DeepstabError(f"alpha must be positive, got {self.alpha}.")
-        if not self.lr > 0:
-            raise DeepstabError(f"lr must be positive, got {self.lr}.")
 
     @property
     def slug(self) -> str:
