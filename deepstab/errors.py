@@ -1,4 +1,5 @@
-"""The one exception type that deepstab raises for problems a user can fix, and the check of run settings that raises it."""
+"""The one exception type that deepstab raises for problems a user can fix, and the check
+of run settings that raises it."""
 
 
 class DeepstabError(Exception):
