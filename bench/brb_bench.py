@@ -8,15 +8,22 @@ run: unlike the difference of two wall times, it does not move with the machine'
 Every finished run is appended to ``--results`` (JSON lines), and runs already there are not
 repeated, so an interrupted bench goes on where it stopped. The table is printed at the end
 (``--table-only`` prints it from the results file).
+
+``--jobs N`` runs N runs at a time in separate processes (first the autoencoder pretraining of
+each dataset and seed, then every method with and without BRB): for a GPU, where one run of
+these small networks leaves most of the device idle. Give each process one CPU thread
+(``OMP_NUM_THREADS=1``) and N no larger than the CPU cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import deepstab  # noqa: E402,F401
 from deepstab import datasets  # noqa: E402
-from deepstab.centroid_runner import CentroidRun, run_centroid  # noqa: E402
+from deepstab.centroid_runner import CentroidRun, pretrained_model, run_centroid  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--models-dir", default="bench-models")
     parser.add_argument("--results", default="bench/brb_results.jsonl")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     parser.add_argument("--table-only", action="store_true")
     return parser.parse_args()
 
@@ -47,31 +55,65 @@ def key(row: dict) -> tuple:
     return row["dataset"], row["method"], row["brb"], row["seed"], row["pretrain_epochs"], row["epochs"], row["interval"]
 
 
+def make_run(args: argparse.Namespace, row: dict) -> CentroidRun:
+    dataset, method, brb, seed = row["dataset"], row["method"], row["brb"], row["seed"]
+    return CentroidRun(
+        method=method, dataset=dataset, pretrain_epochs=args.pretrain_epochs, epochs=args.epochs,
+        batch_size=args.batch_size, brb=brb, brb_interval=args.interval, seed=seed,
+        models_dir=args.models_dir, output=f"{args.models_dir}/{method}{'-brb' if brb else ''}-{dataset}-s{seed}.keras",
+        eval_every=args.epochs, verbose=0,
+    )
+
+
+def pretrain(args: argparse.Namespace, row: dict) -> None:
+    """Pretrain (and save) the autoencoder that every run of this dataset and seed shares."""
+    run = make_run(args, row)
+    x, y = datasets.load(run.dataset)
+    pretrained_model(run, x, y)
+
+
+def measure(args: argparse.Namespace, row: dict, data=None) -> dict:
+    """One run: its row completed with the final metrics and the times."""
+    start = time.perf_counter()
+    result = run_centroid(make_run(args, row), data=data)
+    return dict(row, **result.metrics, init_acc=result.init_metrics["acc"], cluster_seconds=result.cluster_seconds,
+                brb_seconds=result.brb_seconds, pretrain_seconds=result.pretrain_seconds, wall=time.perf_counter() - start,
+                resets=[e + 1 for e in result.reset_epochs], threads=os.environ.get("OMP_NUM_THREADS", "all"), jobs=args.jobs, device=device_name())
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def record(args: argparse.Namespace, row: dict) -> None:
+    with open(args.results, "a") as out:
+        out.write(json.dumps(row) + "\n")
+    print(f"{row['dataset']} seed {row['seed']} {row['method']}{' +BRB' if row['brb'] else ''}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} "
+          f"ARI {row['ari']:.4f} (k-means init {row['init_acc']:.4f}), clustering {row['cluster_seconds']:.0f} s", flush=True)
+
+
 def run_all(args: argparse.Namespace, done: set) -> None:
-    for dataset in args.datasets:
-        data = datasets.load(dataset)
-        for seed in args.seeds:
-            for method in args.methods:
-                for brb in (False, True):
-                    row = {"dataset": dataset, "method": method, "brb": brb, "seed": seed,
-                           "pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs, "interval": args.interval}
-                    if key(row) in done:
-                        continue
-                    run = CentroidRun(
-                        method=method, dataset=dataset, pretrain_epochs=args.pretrain_epochs, epochs=args.epochs,
-                        batch_size=args.batch_size, brb=brb, brb_interval=args.interval, seed=seed,
-                        models_dir=args.models_dir, output=f"{args.models_dir}/{method}{'-brb' if brb else ''}-{dataset}-s{seed}.keras",
-                        eval_every=args.epochs, verbose=0,
-                    )
-                    start = time.perf_counter()
-                    result = run_centroid(run, data=data)
-                    row.update(result.metrics, init_acc=result.init_metrics["acc"], cluster_seconds=result.cluster_seconds, brb_seconds=result.brb_seconds,
-                               pretrain_seconds=result.pretrain_seconds, wall=time.perf_counter() - start,
-                               resets=[e + 1 for e in result.reset_epochs], threads=os.environ.get("OMP_NUM_THREADS", "all"))
-                    with open(args.results, "a") as out:
-                        out.write(json.dumps(row) + "\n")
-                    print(f"{dataset} seed {seed} {method}{' +BRB' if brb else ''}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} "
-                          f"ARI {row['ari']:.4f} (k-means init {row['init_acc']:.4f}), clustering {row['cluster_seconds']:.0f} s", flush=True)
+    todo = [
+        {"dataset": dataset, "method": method, "brb": brb, "seed": seed,
+         "pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs, "interval": args.interval}
+        for dataset in args.datasets for seed in args.seeds for method in args.methods for brb in (False, True)
+    ]
+    todo = [row for row in todo if key(row) not in done]
+    if args.jobs == 1:
+        loaded = {}
+        for row in todo:
+            if row["dataset"] not in loaded:
+                loaded = {row["dataset"]: datasets.load(row["dataset"])}
+            record(args, measure(args, row, loaded[row["dataset"]]))
+        return
+    firsts = list({(row["dataset"], row["seed"]): row for row in reversed(todo)}.values())
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for future in as_completed([pool.submit(pretrain, args, row) for row in firsts]):
+            future.result()
+        for future in as_completed([pool.submit(measure, args, row) for row in todo]):
+            record(args, future.result())
 
 
 def table(rows: list[dict]) -> str:

@@ -112,16 +112,22 @@ def build_model(run: CentroidRun, shape: tuple[int, ...], k: int) -> CentroidMod
     return METHODS[run.method](k, shape, embedding_dim=run.embedding_dim, augment=run.augment, alpha=run.alpha, **own[run.method])
 
 
+def pretrained_model(run: CentroidRun, x: np.ndarray, y: np.ndarray | None) -> tuple[CentroidModel, float]:
+    """A new model of the run's method whose autoencoder is the shared pretrained one (pretrained
+    and saved first when it is not there yet); also the seconds spent pretraining."""
+    model = build_model(run, tuple(x.shape[1:]), choose_n_clusters(run, y, len(x)))
+    # Pretrained on the views the clustering stage will see (augmented unless --no-augment).
+    path = run.autoencoder_path(model.autoencoder.embedding_dim)
+    return model, pretrained_autoencoder(run, model, x, path, DenseAutoencoder, "feed-forward autoencoder")
+
+
 def run_centroid(run: CentroidRun, data: tuple[np.ndarray, np.ndarray | None] | None = None) -> CentroidResult:
     """Load the data, pretrain (or reuse) the autoencoder, k-means, cluster with the method
     (and BRB when asked), evaluate the final model, save the model, labels and a plot."""
     keras.utils.set_random_seed(run.seed)
     x, y = data if data is not None else datasets.load(run.dataset, run.data_dir)
-    k = choose_n_clusters(run, y, len(x))
-    model = build_model(run, tuple(x.shape[1:]), k)
-    # Pretrained on the views the clustering stage will see (augmented unless --no-augment).
-    path = run.autoencoder_path(model.autoencoder.embedding_dim)
-    pretrain_seconds = pretrained_autoencoder(run, model, x, path, DenseAutoencoder, "feed-forward autoencoder")
+    model, pretrain_seconds = pretrained_model(run, x, y)
+    k = model.n_clusters
 
     start = time.perf_counter()
     init_labels = model.initialize_centroids(x, seed=run.seed)

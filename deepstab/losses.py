@@ -62,6 +62,7 @@ def size_prior(q):
 
 
 def _normalize(x, eps: float = 1e-12):
+    x = ops.convert_to_tensor(x)  # a NumPy array divided by a CUDA tensor fails
     return x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), eps)
 
 

@@ -42,4 +42,8 @@ def otsu_threshold(values, nbins: int = 1000, value_range: tuple[float, float] |
     mean1 = ops.cumsum(mass) / ops.maximum(weight1, 1e-12)
     mean2 = ops.flip(ops.cumsum(ops.flip(mass, 0)), 0) / ops.maximum(weight2, 1e-12)
     between = weight1[:-1] * weight2[1:] * ops.square(mean1[:-1] - mean2[1:])
+    # Cuts inside a run of empty bins tie exactly in exact arithmetic; scikit-image takes the
+    # first, right after a filled bin. Only those cuts compete, so a GPU's summation order,
+    # which rounds the tied values differently, cannot move the threshold along the run.
+    between = ops.where(hist[:-1] > 0, between, -1.0)
     return ops.take(centers, ops.argmax(between))

@@ -11,7 +11,7 @@ import pytest
 os.environ["DEEPSTAB_OFFLINE"] = "1"
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-SHARED = Path(os.environ.get("DEEPSTAB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED = Path(os.environ.get("DEEPSTAB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")).resolve()
 
 
 @pytest.fixture
