@@ -19,7 +19,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,6 +27,7 @@ def keras_side(args) -> list[float]:
     import deepstab  # noqa: F401  (selects the torch backend)
     import keras
     import numpy as np
+    from device import clock
 
     from deepstab.lfss import LFSSModel, lfss_optimizer
     from deepstab.training import IndexedImages
@@ -42,10 +42,10 @@ def keras_side(args) -> list[float]:
 
     class Clock(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
-            starts.append(time.perf_counter())
+            starts.append(clock())
 
         def on_train_end(self, logs=None):
-            starts.append(time.perf_counter())
+            starts.append(clock())
 
     model.fit(data, epochs=1, verbose=0, callbacks=[Clock()])
     return [b - a for a, b in zip(starts[1:], starts[2:])]  # the first batch warms up
@@ -53,20 +53,24 @@ def keras_side(args) -> list[float]:
 
 def torch_side(args) -> list[float]:
     import torch
+    from device import accelerator, clock
     from torch_lfss_reference import TorchLFSS
 
+    torch.set_default_device(accelerator())  # this process runs the PyTorch side alone
     torch.manual_seed(0)
-    x = torch.rand(args.batch * (args.steps + 1), 3, 32, 32)
+    # Images, labels and batch order in host memory, each batch moved to the device, as Keras's fit does.
+    x = torch.rand(args.batch * (args.steps + 1), 3, 32, 32, device="cpu")
     net = TorchLFSS(width=args.width)
-    labels = torch.arange(len(x)) % 10
+    labels = torch.arange(len(x), device="cpu") % 10
     keep = labels != 0
     times = []
-    order = torch.randperm(len(x))
+    order = torch.randperm(len(x), device="cpu")
+    device = accelerator()
     for i in range(args.steps + 1):
-        start = time.perf_counter()
+        start = clock()
         index = order[i * args.batch : (i + 1) * args.batch].sort().values
-        net.step(x[index], labels[index], keep[index])
-        times.append(time.perf_counter() - start)
+        net.step(x[index].to(device), labels[index].to(device), keep[index].to(device))
+        times.append(clock() - start)
     return times[1:]
 
 
@@ -85,6 +89,7 @@ def main() -> None:
         return
 
     import torch
+    from device import device_name
 
     results = {}
     for side in ("keras", "torch"):
@@ -93,7 +98,7 @@ def main() -> None:
         results[side] = json.loads(output.strip().splitlines()[-1])
     print(
         f"LFSS train step, ResNet-18 x{args.width:g} (CIFAR stem), 32x32x3, batch {args.batch}, median of {args.steps} steps, "
-        f"torch threads {torch.get_num_threads()}, torch {torch.__version__}"
+        f"on {device_name()}, torch threads {torch.get_num_threads()}, torch {torch.__version__}"
     )
     print(f"{'side':<8}{'images/s':>10}{'peak RSS MiB':>14}")
     for side, r in results.items():

@@ -8,6 +8,10 @@ generic ``map_coordinates`` on the torch backend: 100-200 ms for a batch of 256
 16x16 images on 2 CPU cores, which would dominate DECS training. The layer here
 draws the same random shifts and rotations with ``keras.random`` and applies
 them in one ``grid_sample`` call (about 1 ms for the same batch).
+
+Each call draws all its random numbers in one ``keras.random.uniform``: every draw with a
+seed generator reads the generator's state back to the host, which on a GPU waits for the
+queued work.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from __future__ import annotations
 import math
 
 import keras
-
+import numpy as np
 import torch.nn.functional as F
 from keras import ops
+
+from deepstab.constants import like
 
 
 @keras.saving.register_keras_serializable(package="deepstab")
@@ -50,11 +56,12 @@ class RandomShiftRotation(keras.layers.Layer):
 
     def transforms(self, n: int, height: int, width: int):
         """``(n, 2, 3)`` affine matrices in ``affine_grid``'s normalised coordinates."""
-        angle = keras.random.uniform((n,), -1.0, 1.0, seed=self.seed_generator) * self.rotation * math.pi / 180.0
-        shifts = keras.random.uniform((n, 2), -2.0 * self.shift, 2.0 * self.shift, seed=self.seed_generator)
+        u = keras.random.uniform((3, n), -1.0, 1.0, seed=self.seed_generator)
+        angle = u[0] * (self.rotation * math.pi / 180.0)
+        shift_x, shift_y = u[1] * (2.0 * self.shift), u[2] * (2.0 * self.shift)
         cos, sin = ops.cos(angle), ops.sin(angle)
-        row1 = ops.stack([cos, -sin * height / width, shifts[:, 0]], axis=1)
-        row2 = ops.stack([sin * width / height, cos, shifts[:, 1]], axis=1)
+        row1 = ops.stack([cos, -sin * height / width, shift_x], axis=1)
+        row2 = ops.stack([sin * width / height, cos, shift_y], axis=1)
         return ops.stack([row1, row2], axis=1)
 
     def call(self, x, training=False):
@@ -81,8 +88,13 @@ def _gray(x):
     """(N, C, H, W) -> (N, 1, H, W) luma (the image itself when C == 1)."""
     if x.shape[1] == 1:
         return x
-    w = ops.reshape(ops.convert_to_tensor(GRAY_WEIGHTS, dtype=x.dtype), (1, 3, 1, 1))
+    w = ops.reshape(like(GRAY_WEIGHTS, x), (1, 3, 1, 1))
     return ops.sum(x * w, axis=1, keepdims=True)
+
+
+def _unit(x):
+    """``x`` clipped to [0, 1]."""
+    return ops.clip(x, like(0.0, x), like(1.0, x))
 
 
 def _per_sample(values, apply):
@@ -137,44 +149,48 @@ class SimCLRAugment(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.built = True
 
-    def _uniform(self, n, low, high):
-        return keras.random.uniform((n,), low, high, seed=self.seed_generator)
-
-    def _crop_and_flip(self, x):
+    def _crop_and_flip(self, x, u):
+        """``u``: five (N,) uniform [0, 1) draws (area, aspect ratio, centre x and y, flip)."""
         n, channels, height, width = x.shape
-        area = self._uniform(n, *self.crop_scale)
-        log_ratio = self._uniform(n, math.log(3 / 4), math.log(4 / 3))
-        w = ops.minimum(ops.sqrt(area * ops.exp(log_ratio)), 1.0)  # crop size as a share of each side
-        h = ops.minimum(ops.sqrt(area / ops.exp(log_ratio)), 1.0)
-        cx = self._uniform(n, -1.0, 1.0) * (1.0 - w)
-        cy = self._uniform(n, -1.0, 1.0) * (1.0 - h)
-        sign = ops.where(self._uniform(n, 0.0, 1.0) < 0.5, -1.0, 1.0) if self.flip else ops.ones_like(w)
+        low, high = self.crop_scale
+        area = low + (high - low) * u[0]
+        ratio = ops.exp(math.log(3 / 4) + math.log(16 / 9) * u[1])
+        w, h = ops.sqrt(area * ratio), ops.sqrt(area / ratio)  # crop size as a share of each side
+        w, h = ops.minimum(w, like(1.0, w)), ops.minimum(h, like(1.0, h))
+        cx, cy = (2.0 * u[2] - 1.0) * (1.0 - w), (2.0 * u[3] - 1.0) * (1.0 - h)
+        sign = ops.where(u[4] < 0.5, like(-1.0, w), like(1.0, w)) if self.flip else ops.ones_like(w)
         zero = ops.zeros_like(w)
         theta = ops.stack([ops.stack([w * sign, zero, cx], axis=1), ops.stack([zero, h, cy], axis=1)], axis=1)
         grid = F.affine_grid(theta, [n, channels, height, width], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    def _colour(self, x):
-        n = x.shape[0]
+    def _colour(self, x, u):
+        """``u``: six (N,) uniform [0, 1) draws (jitter or not, brightness, contrast,
+        saturation, hue, grayscale or not)."""
         brightness, contrast, saturation, hue = self.jitter
-        apply = self._uniform(n, 0.0, 1.0) < self.jitter_p
-        x = ops.clip(x * _per_sample(self._uniform(n, 1 - brightness, 1 + brightness), apply), 0.0, 1.0)
+        apply = u[0] < self.jitter_p
+
+        def factor(strength, draw):
+            return _per_sample(1.0 + strength * (2.0 * draw - 1.0), apply)
+
+        x = _unit(x * factor(brightness, u[1]))
         mean = ops.mean(_gray(x), axis=(1, 2, 3), keepdims=True)
-        x = ops.clip((x - mean) * _per_sample(self._uniform(n, 1 - contrast, 1 + contrast), apply) + mean, 0.0, 1.0)
+        x = _unit((x - mean) * factor(contrast, u[2]) + mean)
         if x.shape[1] != 3:
             return x
         gray = _gray(x)
-        x = ops.clip((x - gray) * _per_sample(self._uniform(n, 1 - saturation, 1 + saturation), apply) + gray, 0.0, 1.0)
-        angle = ops.where(apply, self._uniform(n, -hue, hue), ops.zeros((n,))) * 2 * math.pi
-        x = _rotate_hue(x, angle)
-        to_gray = ops.reshape(self._uniform(n, 0.0, 1.0) < self.grayscale_p, (-1, 1, 1, 1))
+        x = _unit((x - gray) * factor(saturation, u[3]) + gray)
+        angle = hue * (2.0 * u[4] - 1.0)
+        x = _rotate_hue(x, ops.where(apply, angle, ops.zeros_like(angle)) * (2 * math.pi))
+        to_gray = ops.reshape(u[5] < self.grayscale_p, (-1, 1, 1, 1))
         return ops.where(to_gray, ops.repeat(_gray(x), 3, axis=1), x)
 
     def call(self, x, training=False):
         if not training:
             return x
         x = ops.transpose(ops.convert_to_tensor(x), (0, 3, 1, 2))
-        x = self._colour(self._crop_and_flip(x))
+        u = keras.random.uniform((11, x.shape[0]), seed=self.seed_generator)
+        x = self._colour(self._crop_and_flip(x, u[:5]), u[5:])
         return ops.transpose(x, (0, 2, 3, 1))
 
     def compute_output_shape(self, input_shape):
@@ -193,16 +209,16 @@ class SimCLRAugment(keras.layers.Layer):
 
 
 _RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+_YIQ_TO_RGB = tuple(tuple(float(v) for v in row) for row in np.linalg.inv(np.array(_RGB_TO_YIQ)))
 
 
 def _rotate_hue(x, angle):
     """Rotate the hue of (N, 3, H, W) RGB images by ``angle`` radians (per sample) in YIQ space."""
-    to_yiq = ops.convert_to_tensor(_RGB_TO_YIQ, dtype=x.dtype)
-    to_rgb = ops.inv(to_yiq)
+    to_yiq, to_rgb = like(_RGB_TO_YIQ, x), like(_YIQ_TO_RGB, x)
     cos, sin = ops.cos(angle), ops.sin(angle)
     one, zero = ops.ones_like(cos), ops.zeros_like(cos)
     rotation = ops.stack(
         [ops.stack([one, zero, zero], 1), ops.stack([zero, cos, -sin], 1), ops.stack([zero, sin, cos], 1)], 1
     )  # (N, 3, 3)
     matrix = ops.einsum("ij,njk,kl->nil", to_rgb, rotation, to_yiq)
-    return ops.clip(ops.einsum("nij,njhw->nihw", matrix, x), 0.0, 1.0)
+    return _unit(ops.einsum("nij,njhw->nihw", matrix, x))

@@ -44,7 +44,7 @@ class ClusteringLayer(keras.layers.Layer):
 
     def call(self, z):
         distances = ops.sum(ops.square(ops.expand_dims(z, 1) - self.centroids), axis=-1)
-        kernel = ops.power(1.0 + distances / self.alpha, -(self.alpha + 1.0) / 2.0)
+        kernel = (1.0 + distances / self.alpha) ** (-(self.alpha + 1.0) / 2.0)
         return kernel / ops.sum(kernel, axis=1, keepdims=True)
 
     def compute_output_shape(self, input_shape):

@@ -35,6 +35,7 @@ import torch
 from keras import ops
 
 from deepstab.augment import SimCLRAugment
+from deepstab.constants import like
 from deepstab.errors import DeepstabError
 from deepstab.files import atomic_path
 from deepstab.image_store import to_unit_float
@@ -159,9 +160,7 @@ class LFSSModel(keras.Model):
         return keras.Model(inputs, projector(backbone(inputs)), name=name)
 
     def normalise(self, x):
-        mean = ops.convert_to_tensor(self.mean, dtype=x.dtype)
-        std = ops.convert_to_tensor(self.std, dtype=x.dtype)
-        return (x - mean) / std
+        return (x - like(self.mean, x)) / like(self.std, x)
 
     def call(self, x, training=False):
         """Target embeddings ``f_t(x)`` of un-augmented images."""

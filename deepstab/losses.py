@@ -17,6 +17,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from deepstab.constants import like
+
 VARIANTS = ("paper", "reference")
 DEFAULT_LAMBDA = {"paper": 0.8, "reference": 0.4}
 
@@ -63,7 +65,8 @@ def size_prior(q):
 
 def _normalize(x, eps: float = 1e-12):
     x = ops.convert_to_tensor(x)  # a NumPy array divided by a CUDA tensor fails
-    return x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), eps)
+    norm = ops.norm(x, axis=-1, keepdims=True)
+    return x / ops.maximum(norm, like(eps, norm))
 
 
 def byol_loss(prediction, target):
@@ -90,13 +93,14 @@ def nt_xent(a, b, tau: float = 0.5, valid=None):
     if valid is not None:
         valid2 = ops.concatenate([valid, valid], axis=0)
         excluded = ops.logical_or(excluded, ops.logical_not(ops.expand_dims(valid2, 0)))
-    logits = ops.where(excluded, -1e9, logits)
+    logits = ops.where(excluded, like(-1e9, logits), logits)
     partner = ops.concatenate([ops.arange(n) + n, ops.arange(n)], axis=0)
     losses = keras.losses.sparse_categorical_crossentropy(partner, logits, from_logits=True)
     if valid is None:
         return ops.mean(losses)
     weight = ops.cast(valid2, losses.dtype)
-    return ops.sum(losses * weight) / ops.maximum(ops.sum(weight), 1.0)
+    total = ops.sum(weight)
+    return ops.sum(losses * weight) / ops.maximum(total, like(1.0, total))
 
 
 def cluster_centres(z, labels, keep, n_clusters: int):
@@ -108,7 +112,7 @@ def cluster_centres(z, labels, keep, n_clusters: int):
     onehot = ops.one_hot(labels, n_clusters, dtype=z.dtype) * ops.expand_dims(ops.cast(keep, z.dtype), 1)
     counts = ops.sum(onehot, axis=0)
     sums = ops.matmul(ops.transpose(onehot), _normalize(z))
-    return _normalize(sums / ops.maximum(ops.expand_dims(counts, 1), 1.0)), counts > 0
+    return _normalize(sums / ops.maximum(ops.expand_dims(counts, 1), like(1.0, counts))), counts > 0
 
 
 def cluster_loss(z_online, z_target, labels, keep, n_clusters: int, tau: float = 0.5):

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from keras import ops
 
+from deepstab.constants import like
+
 
 def otsu_threshold(values, nbins: int = 1000, value_range: tuple[float, float] | None = None):
     """Otsu's threshold of ``values`` (any shape), as a scalar tensor without gradient.
@@ -32,8 +34,9 @@ def otsu_threshold(values, nbins: int = 1000, value_range: tuple[float, float] |
         lo, hi = ops.min(flat), ops.max(flat)
     else:
         lo, hi = ops.convert_to_tensor(value_range[0], "float32"), ops.convert_to_tensor(value_range[1], "float32")
-    width = ops.maximum(hi - lo, 1e-12)
-    index = ops.clip(ops.cast(ops.floor((flat - lo) / width * nbins), "int32"), 0, nbins - 1)
+    width = ops.maximum(hi - lo, like(1e-12, flat))
+    index = ops.cast(ops.floor((flat - lo) / width * nbins), "int32")
+    index = ops.clip(index, like(0, index), like(nbins - 1, index))
     hist = ops.cast(ops.bincount(index, minlength=nbins), "float32")
     centers = lo + (ops.cast(ops.arange(nbins), "float32") + 0.5) * width / nbins
     weight1 = ops.cumsum(hist)
@@ -45,5 +48,5 @@ def otsu_threshold(values, nbins: int = 1000, value_range: tuple[float, float] |
     # Cuts inside a run of empty bins tie exactly in exact arithmetic; scikit-image takes the
     # first, right after a filled bin. Only those cuts compete, so a GPU's summation order,
     # which rounds the tied values differently, cannot move the threshold along the run.
-    between = ops.where(hist[:-1] > 0, between, -1.0)
+    between = ops.where(hist[:-1] > 0, between, like(-1.0, between))
     return ops.take(centers, ops.argmax(between))

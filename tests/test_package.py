@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-MODULES = ["deepstab.datasets", "deepstab.metrics", "deepstab.thresholds", "deepstab.layers", "deepstab.augment", "deepstab.decs", "deepstab.stability", "deepstab.dec", "deepstab.networks", "deepstab.lfss"]
+MODULES = ["deepstab.constants", "deepstab.datasets", "deepstab.metrics", "deepstab.thresholds", "deepstab.layers", "deepstab.augment", "deepstab.decs", "deepstab.stability", "deepstab.dec", "deepstab.networks", "deepstab.lfss"]
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -35,3 +35,16 @@ def test_import_refuses_another_backend():
     result = _import("jax")
     assert result.returncode != 0
     assert "deepstab needs Keras on the torch backend" in result.stderr and "KERAS_BACKEND=torch" in result.stderr
+
+
+def test_constants_are_made_once_per_dtype_and_serve_autograd():
+    import torch
+
+    from deepstab.constants import like
+
+    x = torch.ones(3, requires_grad=True)
+    with torch.inference_mode():
+        made_in_inference = like(2.5, x)
+    assert like(2.5, x) is made_in_inference and like(2.5, x.double()).dtype == torch.float64
+    (x * made_in_inference).sum().backward()  # an inference tensor could not be saved for backward
+    assert x.grad.tolist() == [2.5, 2.5, 2.5]
