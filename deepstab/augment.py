@@ -9,9 +9,9 @@ generic ``map_coordinates`` on the torch backend: 100-200 ms for a batch of 256
 draws the same random shifts and rotations with ``keras.random`` and applies
 them in one ``grid_sample`` call (about 1 ms for the same batch).
 
-Each call draws all its random numbers in one ``keras.random.uniform``: every draw with a
-seed generator reads the generator's state back to the host, which on a GPU waits for the
-queued work.
+``SimCLRAugment`` draws all of a call's random numbers in one ``keras.random.uniform``: every
+draw with a seed generator reads the generator's state back to the host, which on a GPU waits
+for the queued work.
 """
 
 from __future__ import annotations
@@ -56,12 +56,13 @@ class RandomShiftRotation(keras.layers.Layer):
 
     def transforms(self, n: int, height: int, width: int):
         """``(n, 2, 3)`` affine matrices in ``affine_grid``'s normalised coordinates."""
-        u = keras.random.uniform((3, n), -1.0, 1.0, seed=self.seed_generator)
-        angle = u[0] * (self.rotation * math.pi / 180.0)
-        shift_x, shift_y = u[1] * (2.0 * self.shift), u[2] * (2.0 * self.shift)
+        # Two draws, as when DECS's and the DEC family's figures in the README were made: one
+        # draw would save a host read per step but give a seed other views than those runs.
+        angle = keras.random.uniform((n,), -1.0, 1.0, seed=self.seed_generator) * self.rotation * math.pi / 180.0
+        shifts = keras.random.uniform((n, 2), -2.0 * self.shift, 2.0 * self.shift, seed=self.seed_generator)
         cos, sin = ops.cos(angle), ops.sin(angle)
-        row1 = ops.stack([cos, -sin * height / width, shift_x], axis=1)
-        row2 = ops.stack([sin * width / height, cos, shift_y], axis=1)
+        row1 = ops.stack([cos, -sin * height / width, shifts[:, 0]], axis=1)
+        row2 = ops.stack([sin * width / height, cos, shifts[:, 1]], axis=1)
         return ops.stack([row1, row2], axis=1)
 
     def call(self, x, training=False):
