@@ -91,7 +91,9 @@ class BRB(keras.callbacks.Callback):
     """Soft reset and re-clustering every ``interval`` epochs (at the start of epochs
     ``interval``, ``2 interval``, ...; never after the last epoch, so the final model is a
     trained one). The epochs (0-based) are kept in ``reset_epochs`` and marked ``brb = 1``
-    in the logs; ``seconds`` is the time spent in the interventions.
+    in the logs; ``seconds`` is the time spent in the interventions. A run resumed by
+    ``keras.callbacks.BackupAndRestore`` with a new BRB of the same seed records the earlier
+    interventions and makes the later ones draw what an uninterrupted run draws.
 
     Args:
         x: the training images (the subsample for k-means is drawn from them).
@@ -133,26 +135,52 @@ class BRB(keras.callbacks.Callback):
         self.rng = np.random.default_rng(seed)
         self.reset_epochs: list[int] = []
         self.seconds = 0.0
+        self._first_epoch_seen = False
+
+    def _draws(self) -> tuple[int | None, np.ndarray | None, int | None]:
+        """One intervention's random choices, drawn in this order from the callback's stream:
+        the seed of the fresh weights, the subsample, the seed of k-means."""
+        reset_seed = int(self.rng.integers(2**31)) if self.reset else None
+        index = kmeans_seed = None
+        if self.recluster:
+            index = np.sort(self.rng.choice(len(self.x), min(self.subsample, len(self.x)), replace=False))
+            kmeans_seed = int(self.rng.integers(2**31))
+        return reset_seed, index, kmeans_seed
+
+    def on_train_begin(self, logs=None):
+        self._first_epoch_seen = False
 
     def on_epoch_begin(self, epoch, logs=None):
+        if not self._first_epoch_seen:
+            self._first_epoch_seen = True
+            self._catch_up(epoch)
         if epoch == 0 or epoch % self.interval:
             return
         start = time.perf_counter()
         model = self.model
+        reset_seed, index, kmeans_seed = self._draws()
         if self.reset:
-            soft_reset(model.encoder, self.alpha, self.reset_embedding, self.reset_batchnorm, seed=int(self.rng.integers(2**31)))
+            soft_reset(model.encoder, self.alpha, self.reset_embedding, self.reset_batchnorm, seed=reset_seed)
         if self.recluster:
-            n = min(self.subsample, len(self.x))
-            index = np.sort(self.rng.choice(len(self.x), n, replace=False))
-            if n < model.n_clusters:
-                raise DeepstabError(f"The BRB subsample of {n} images is smaller than the {model.n_clusters} clusters.")
-            centres, _ = kmeans(model.embed(self.x[index]), model.n_clusters, n_init=self.n_init, seed=int(self.rng.integers(2**31)))
+            if len(index) < model.n_clusters:
+                raise DeepstabError(f"The BRB subsample of {len(index)} images is smaller than the {model.n_clusters} clusters.")
+            centres, _ = kmeans(model.embed(self.x[index]), model.n_clusters, n_init=self.n_init, seed=kmeans_seed)
             model.set_centroids(centres)
             zero_optimizer_moments(model.optimizer, model.centroid_variables)
         if hasattr(model, "on_recluster"):
             model.on_recluster()
         self.reset_epochs.append(epoch)
         self.seconds += time.perf_counter() - start
+
+    def _catch_up(self, epoch: int) -> None:
+        """A run resumed by ``BackupAndRestore`` starts at a later epoch with a new callback: the
+        interventions before it happened in the interrupted run. Record them, and draw their
+        random choices again (without acting on them) so that later interventions draw what an
+        uninterrupted run would."""
+        for missed in range(self.interval, epoch, self.interval):
+            if missed not in self.reset_epochs:
+                self._draws()
+                self.reset_epochs.append(missed)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:

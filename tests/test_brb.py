@@ -104,6 +104,28 @@ def test_callback_fires_exactly_every_interval(x):
     assert all(np.allclose(c, 100.0) for c in counts_after_reset)  # DCN's counts restart
 
 
+def test_a_resumed_run_draws_what_an_uninterrupted_run_draws(x):
+    def run(first_epoch):
+        model = _trained(DCN, x)
+        callback = BRB(x, interval=2, subsample=40, seed=3)
+        draws, original = [], callback._draws
+        callback._draws = lambda: draws.append(original()) or draws[-1]
+        applied = []
+        set_centroids = model.set_centroids
+        model.set_centroids = lambda c: (set_centroids(c), applied.append(True))
+        callback.set_model(model)
+        callback.on_train_begin()
+        for epoch in range(first_epoch, 7):
+            callback.on_epoch_begin(epoch)
+        return callback.reset_epochs, draws, len(applied)
+
+    whole, resumed = run(0), run(5)  # resumed: epochs 0-4 ran before an interruption
+    assert whole[0] == resumed[0] == [2, 4, 6]
+    assert whole[2] == 3 and resumed[2] == 1  # only epoch 6's intervention acts after the resume
+    for (seed_a, index_a, kmeans_a), (seed_b, index_b, kmeans_b) in zip(whole[1], resumed[1], strict=True):
+        assert seed_a == seed_b and kmeans_a == kmeans_b and np.array_equal(index_a, index_b)
+
+
 def test_bad_brb_arguments(x):
     with pytest.raises(DeepstabError, match="interval"):
         BRB(x, interval=0)
