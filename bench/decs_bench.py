@@ -1,7 +1,7 @@
 """Samples/second of DECS's two training steps: deepstab (Keras, torch backend) vs plain PyTorch.
 
-Both sides run the same computation on the same shapes with the same thread
-count: augmentation (random shift + rotation), the convolutional autoencoder
+Both sides run the same computation on the same shapes, with the same thread
+count, on the same device (the GPU when there is one, ``bench/device.py``): augmentation (random shift + rotation), the convolutional autoencoder
 with MSE (pretraining step), or the encoder, Student-t assignments, Otsu's
 threshold and the paper's stability loss (clustering step), and an Adam update.
 The Keras side is timed through ``model.fit`` (what a user runs), the PyTorch

@@ -3,7 +3,7 @@
 Both sides run the same computation (``bench/torch_lfss_reference.py``): two SimCLR views of a
 batch, ResNet-18 with the CIFAR stem at 32x32 and a 4096 -> 256 projector for the online, target
 and predecessor networks, the predictor, L_S + λ (L_I + L_C) with L_C active, an SGD update
-and the EMA update, with the same thread count. Each side runs in its own process, so the
+and the EMA update, with the same thread count, on the same device (the GPU when there is one). Each side runs in its own process, so the
 peak resident memory printed is its own. The Keras side is timed through ``model.fit``: the
 time from the start of one batch to the start of the next, median over the timed batches.
 
