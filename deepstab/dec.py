@@ -217,7 +217,8 @@ class CentroidModel(CentroidMixin, keras.Model):
             data = IndexedImages(x, min(batch_size, len(x)), shuffle=shuffle, seed=seed)
         if float(ops.convert_to_numpy(self.centroids_ready)) == 0.0:
             self.initialize_centroids(data.x, seed=seed)
-        return super().fit(data, epochs=epochs, callbacks=self._fit_callbacks(data.x, list(callbacks or [])), **kwargs)
+        with self.reusing_embeddings():
+            return super().fit(data, epochs=epochs, callbacks=self._fit_callbacks(data.x, list(callbacks or [])), **kwargs)
 
     def _fit_callbacks(self, x: np.ndarray, callbacks: list) -> list:
         return callbacks
@@ -280,7 +281,8 @@ class DEC(CentroidModel):
     @torch.no_grad()
     def refresh_target(self, x: np.ndarray) -> None:
         """DEC Eq. 3 on the soft assignments of the whole (un-augmented) training set."""
-        q = ops.convert_to_tensor(self.predict(x, batch_size=1024, verbose=0))
+        z = ops.convert_to_tensor(self.embed(x))
+        q = ops.concatenate([self.clustering(z[i : i + 65536]) for i in range(0, len(x), 65536)], axis=0)
         self.target = target_distribution(q)
         self.target_stale = False
 

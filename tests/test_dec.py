@@ -170,3 +170,27 @@ def test_dcn_reseeds_a_cluster_that_got_no_sample(blobs):
     assert history["reseeded"][0] == 1.0 and model.reseeded >= 1
     assert np.abs(np_(model.clustering.centroids)[2]).max() < 1e3
     assert len(np.unique(model.predict_labels(x))) == 3
+
+
+def test_label_check_and_target_refresh_share_one_embedding_pass(blobs):
+    from deepstab.callbacks import LabelMetrics
+
+    x, _ = blobs
+    model = DEC(3, x.shape[1:], **SMALL)
+    model.autoencoder.adapt(x)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.initialize_centroids(x, seed=0)
+    passes, fresh, refresh = [], [], model.refresh_target
+    predict = model.encoder.predict
+    model.encoder.predict = lambda *a, **k: passes.append(1) or predict(*a, **k)
+
+    def checked_refresh(data):
+        refresh(data)
+        fresh.append(np.allclose(np_(model.target), np_(target_distribution(model.clustering(predict(data, verbose=0)))), atol=1e-6))
+
+    model.refresh_target = checked_refresh
+    model.fit(x, epochs=3, batch_size=32, verbose=0, seed=0, callbacks=[LabelMetrics(x, every=1)])
+    # Before training and after each epoch: 4 passes, the 3 target refreshes reuse them.
+    assert len(passes) == 4 and fresh == [True, True, True]
+    model.embed(x)
+    assert len(passes) == 5  # outside fit nothing is reused
