@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import deepstab  # noqa: E402,F401
 from deepstab import datasets  # noqa: E402
 from deepstab.centroid_runner import CentroidRun, pretrained_model, run_centroid  # noqa: E402
+from device import device_name  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -79,12 +80,6 @@ def measure(args: argparse.Namespace, row: dict, data=None) -> dict:
     return dict(row, **result.metrics, init_acc=result.init_metrics["acc"], cluster_seconds=result.cluster_seconds,
                 brb_seconds=result.brb_seconds, pretrain_seconds=result.pretrain_seconds, wall=time.perf_counter() - start,
                 resets=[e + 1 for e in result.reset_epochs], threads=os.environ.get("OMP_NUM_THREADS", "all"), jobs=args.jobs, device=device_name())
-
-
-def device_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
 def record(args: argparse.Namespace, row: dict) -> None:

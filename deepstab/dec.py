@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from keras import ops
 
-from deepstab.augment import RandomShiftRotation
+from deepstab.autoencoder import AugmentedAutoencoder
 from deepstab.centroids import CentroidMixin
 from deepstab.errors import DeepstabError
 from deepstab.layers import ClusteringLayer
@@ -43,7 +43,7 @@ from deepstab.training import IndexedImages, apply_gradients, images_of
 
 
 @keras.saving.register_keras_serializable(package="deepstab")
-class DenseAutoencoder(keras.Model):
+class DenseAutoencoder(AugmentedAutoencoder):
     """The feed-forward autoencoder of the BRB setup, pretrained with MSE on standardised features.
 
     Args:
@@ -75,16 +75,11 @@ class DenseAutoencoder(keras.Model):
         rotation: float = 10.0,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.image_shape = tuple(int(s) for s in input_shape)
-        self.embedding_dim, self.hidden = int(embedding_dim), tuple(int(h) for h in hidden)
-        if self.embedding_dim < 1 or not self.hidden or min(self.hidden) < 1:
+        widths = tuple(int(h) for h in hidden)
+        if int(embedding_dim) < 1 or not widths or min(widths) < 1:
             raise DeepstabError(f"embedding_dim and hidden widths must be positive, got {embedding_dim} and {hidden}.")
-        self.shift, self.rotation = float(shift), float(rotation)
-        self.encoder, self.decoder = build_dense_autoencoder(self.image_shape, self.embedding_dim, self.hidden)
-        self.augment = RandomShiftRotation(self.shift, self.rotation, name="augment")
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.built = True
+        super().__init__(input_shape, embedding_dim, shift, rotation, lambda shape, dim: build_dense_autoencoder(shape, dim, widths), **kwargs)
+        self.hidden = widths
 
     @property
     def standardise(self) -> keras.layers.Normalization:
@@ -102,40 +97,14 @@ class DenseAutoencoder(keras.Model):
         layer.adapt_variance.assign(np.maximum(variance, float(np.mean(np.sqrt(variance))) ** 2))
         layer.finalize_state()
 
-    def augmented(self, x):
-        """A randomly shifted and rotated copy of the batch (unchanged when both are 0)."""
-        return self.augment(x, training=True) if self.shift or self.rotation else x
-
     def reconstruction_loss(self, x, z):
-        """MSE between the decoding of ``z`` and the standardised features of ``x``."""
+        """MSE between the decoding of ``z`` and the standardised features of ``x`` (pretraining
+        trains on the views the clustering stage trains on)."""
         target = self.standardise(ops.reshape(x, (ops.shape(x)[0], -1)))
         return ops.mean(ops.square(self.decoder(z, training=True) - target))
 
-    def call(self, x, training=False):
-        return self.decoder(self.encoder(x, training=training), training=training)
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker]
-
-    def train_step(self, data):
-        """One pretraining step: MSE reconstruction of an augmented view of the batch (the
-        views the clustering stage trains on; with ``shift = rotation = 0``, the batch itself)."""
-        x = self.augmented(ops.convert_to_tensor(images_of(data)))
-        loss = self.reconstruction_loss(x, self.encoder(x, training=True))
-        apply_gradients(self, loss, self.trainable_weights)
-        self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
-
     def get_config(self):
-        return {
-            **super().get_config(),
-            "input_shape": self.image_shape,
-            "embedding_dim": self.embedding_dim,
-            "hidden": self.hidden,
-            "shift": self.shift,
-            "rotation": self.rotation,
-        }
+        return {**super().get_config(), "hidden": self.hidden}
 
 
 class CentroidModel(CentroidMixin, keras.Model):

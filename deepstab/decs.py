@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from deepstab.augment import RandomShiftRotation
+from deepstab.autoencoder import AugmentedAutoencoder
 from deepstab.callbacks import COLLAPSE_ACTIONS, CollapseGuard
 from deepstab.centroids import CentroidMixin
 from deepstab.errors import DeepstabError
@@ -27,7 +27,7 @@ from deepstab.training import apply_gradients, images_of
 
 
 @keras.saving.register_keras_serializable(package="deepstab")
-class ConvAutoencoder(keras.Model):
+class ConvAutoencoder(AugmentedAutoencoder):
     """The DECS convolutional autoencoder, pretrained on augmented images with MSE.
 
     Args:
@@ -56,34 +56,9 @@ class ConvAutoencoder(keras.Model):
         rotation: float = 10.0,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        self.image_shape = tuple(int(s) for s in input_shape)
-        self.embedding_dim = int(embedding_dim)
-        self.filters = tuple(int(f) for f in filters)
-        self.shift, self.rotation = float(shift), float(rotation)
-        self.encoder, self.decoder = build_conv_autoencoder(self.image_shape, self.embedding_dim, self.filters)
-        self.augment = RandomShiftRotation(self.shift, self.rotation, name="augment")
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.built = True
-
-    def call(self, x, training=False):
-        return self.decoder(self.encoder(x, training=training), training=training)
-
-    def augmented(self, x):
-        """A randomly shifted and rotated copy of the batch ``x``."""
-        return self.augment(x, training=True)
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker]
-
-    def train_step(self, data):
-        """One step of stage 1: MSE between augmented images and their reconstruction."""
-        x = self.augmented(images_of(data))
-        loss = ops.mean(ops.square(self(x, training=True) - x))
-        apply_gradients(self, loss, self.trainable_weights)
-        self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
+        filters = tuple(int(f) for f in filters)
+        super().__init__(input_shape, embedding_dim, shift, rotation, lambda shape, dim: build_conv_autoencoder(shape, dim, filters), **kwargs)
+        self.filters = filters
 
     def test_step(self, data):
         x = images_of(data)
@@ -91,14 +66,7 @@ class ConvAutoencoder(keras.Model):
         return {"loss": self.loss_tracker.result()}
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "input_shape": self.image_shape,
-            "embedding_dim": self.embedding_dim,
-            "filters": self.filters,
-            "shift": self.shift,
-            "rotation": self.rotation,
-        }
+        return {**super().get_config(), "filters": self.filters}
 
 
 @keras.saving.register_keras_serializable(package="deepstab")
