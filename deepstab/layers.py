@@ -6,6 +6,8 @@ import keras
 import torch.nn.functional as F
 from keras import ops
 
+from deepstab.constants import like
+
 
 @keras.saving.register_keras_serializable(package="deepstab")
 class ClusteringLayer(keras.layers.Layer):
@@ -44,7 +46,10 @@ class ClusteringLayer(keras.layers.Layer):
 
     def call(self, z):
         distances = ops.sum(ops.square(ops.expand_dims(z, 1) - self.centroids), axis=-1)
-        kernel = (1.0 + distances / self.alpha) ** (-(self.alpha + 1.0) / 2.0)
+        base = 1.0 + distances / self.alpha
+        # A tensor exponent, as the README's figures were computed: a Python number takes
+        # another PyTorch kernel (a reciprocal for -1) that rounds differently.
+        kernel = ops.power(base, like(-(self.alpha + 1.0) / 2.0, base))
         return kernel / ops.sum(kernel, axis=1, keepdims=True)
 
     def compute_output_shape(self, input_shape):
