@@ -30,10 +30,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import deepstab  # noqa: E402,F401
-from deepstab import datasets  # noqa: E402
-from deepstab.centroid_runner import CentroidRun, pretrained_model, run_centroid  # noqa: E402
-from device import device_name  # noqa: E402
+from device import device_name
+
+import deepstab  # noqa: F401
+from deepstab import datasets
+from deepstab.runs.centroid import CentroidRun, pretrained_model, run_centroid
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,16 +54,32 @@ def parse_args() -> argparse.Namespace:
 
 
 def key(row: dict) -> tuple:
-    return row["dataset"], row["method"], row["brb"], row["seed"], row["pretrain_epochs"], row["epochs"], row["interval"]
+    return (
+        row["dataset"],
+        row["method"],
+        row["brb"],
+        row["seed"],
+        row["pretrain_epochs"],
+        row["epochs"],
+        row["interval"],
+    )
 
 
 def make_run(args: argparse.Namespace, row: dict) -> CentroidRun:
     dataset, method, brb, seed = row["dataset"], row["method"], row["brb"], row["seed"]
     return CentroidRun(
-        method=method, dataset=dataset, pretrain_epochs=args.pretrain_epochs, epochs=args.epochs,
-        batch_size=args.batch_size, brb=brb, brb_interval=args.interval, seed=seed,
-        models_dir=args.models_dir, output=f"{args.models_dir}/{method}{'-brb' if brb else ''}-{dataset}-s{seed}.keras",
-        eval_every=args.epochs, verbose=0,
+        method=method,
+        dataset=dataset,
+        pretrain_epochs=args.pretrain_epochs,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        brb=brb,
+        brb_interval=args.interval,
+        seed=seed,
+        models_dir=args.models_dir,
+        output=f"{args.models_dir}/{method}{'-brb' if brb else ''}-{dataset}-s{seed}.keras",
+        eval_every=args.epochs,
+        verbose=0,
     )
 
 
@@ -77,23 +94,47 @@ def measure(args: argparse.Namespace, row: dict, data=None) -> dict:
     """One run: its row completed with the final metrics and the times."""
     start = time.perf_counter()
     result = run_centroid(make_run(args, row), data=data)
-    return dict(row, **result.metrics, init_acc=result.init_metrics["acc"], cluster_seconds=result.cluster_seconds,
-                brb_seconds=result.brb_seconds, pretrain_seconds=result.pretrain_seconds, wall=time.perf_counter() - start,
-                resets=[e + 1 for e in result.reset_epochs], threads=os.environ.get("OMP_NUM_THREADS", "all"), jobs=args.jobs, device=device_name())
+    return dict(
+        row,
+        **result.metrics,
+        init_acc=result.init_metrics["acc"],
+        cluster_seconds=result.cluster_seconds,
+        brb_seconds=result.brb_seconds,
+        pretrain_seconds=result.pretrain_seconds,
+        wall=time.perf_counter() - start,
+        resets=[e + 1 for e in result.reset_epochs],
+        threads=os.environ.get("OMP_NUM_THREADS", "all"),
+        jobs=args.jobs,
+        device=device_name(),
+    )
 
 
 def record(args: argparse.Namespace, row: dict) -> None:
     with open(args.results, "a") as out:
         out.write(json.dumps(row) + "\n")
-    print(f"{row['dataset']} seed {row['seed']} {row['method']}{' +BRB' if row['brb'] else ''}: ACC {row['acc']:.4f} NMI {row['nmi']:.4f} "
-          f"ARI {row['ari']:.4f} (k-means init {row['init_acc']:.4f}), clustering {row['cluster_seconds']:.0f} s", flush=True)
+    print(
+        f"{row['dataset']} seed {row['seed']} {row['method']}{' +BRB' if row['brb'] else ''}: "
+        f"ACC {row['acc']:.4f} NMI {row['nmi']:.4f} "
+        f"ARI {row['ari']:.4f} (k-means init {row['init_acc']:.4f}), clustering {row['cluster_seconds']:.0f} s",
+        flush=True,
+    )
 
 
 def run_all(args: argparse.Namespace, done: set) -> None:
     todo = [
-        {"dataset": dataset, "method": method, "brb": brb, "seed": seed,
-         "pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs, "interval": args.interval}
-        for dataset in args.datasets for seed in args.seeds for method in args.methods for brb in (False, True)
+        {
+            "dataset": dataset,
+            "method": method,
+            "brb": brb,
+            "seed": seed,
+            "pretrain_epochs": args.pretrain_epochs,
+            "epochs": args.epochs,
+            "interval": args.interval,
+        }
+        for dataset in args.datasets
+        for seed in args.seeds
+        for method in args.methods
+        for brb in (False, True)
     ]
     todo = [row for row in todo if key(row) not in done]
     if args.jobs == 1:
@@ -112,8 +153,11 @@ def run_all(args: argparse.Namespace, done: set) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| dataset | method | ACC | +BRB ACC | NMI | +BRB NMI | ARI | +BRB ARI | BRB better (ACC) | clustering s | +BRB s | BRB share |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dataset | method | ACC | +BRB ACC | NMI | +BRB NMI | ARI | +BRB ARI "
+        "| BRB better (ACC) | clustering s | +BRB s | BRB share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     groups: dict[tuple, dict[bool, list[dict]]] = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["method"]), {False: [], True: []})[row["brb"]].append(row)
@@ -143,9 +187,16 @@ def main() -> None:
     if not args.table_only:
         run_all(args, {key(r) for r in rows})
         rows = [json.loads(line) for line in path.read_text().splitlines()]
-    wanted = {(r["pretrain_epochs"], r["epochs"], r["interval"]) for r in rows} if args.table_only else {(args.pretrain_epochs, args.epochs, args.interval)}
-    print(f"Schedule: pretraining {args.pretrain_epochs} epochs, clustering {args.epochs} epochs at batch {args.batch_size}, "
-          f"BRB every {args.interval} epochs (alpha 0.8, subsample 10,000); seeds {args.seeds}")
+    wanted = (
+        {(r["pretrain_epochs"], r["epochs"], r["interval"]) for r in rows}
+        if args.table_only
+        else {(args.pretrain_epochs, args.epochs, args.interval)}
+    )
+    print(
+        f"Schedule: pretraining {args.pretrain_epochs} epochs, clustering {args.epochs} epochs "
+        f"at batch {args.batch_size}, "
+        f"BRB every {args.interval} epochs (alpha 0.8, subsample 10,000); seeds {args.seeds}"
+    )
     print(table([r for r in rows if (r["pretrain_epochs"], r["epochs"], r["interval"]) in wanted]))
 
 

@@ -1,7 +1,8 @@
 """Samples/second of DECS's two training steps: deepstab (Keras, torch backend) vs plain PyTorch.
 
 Both sides run the same computation on the same shapes, with the same thread
-count, on the same device (the GPU when there is one, ``bench/device.py``): augmentation (random shift + rotation), the convolutional autoencoder
+count, on the same device (the GPU when there is one, ``bench/device.py``): augmentation (random shift +
+rotation), the convolutional autoencoder
 with MSE (pretraining step), or the encoder, Student-t assignments, Otsu's
 threshold and the paper's stability loss (clustering step), and an Adam update.
 The Keras side is timed through ``model.fit`` (what a user runs), the PyTorch
@@ -19,12 +20,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import deepstab  # noqa: E402  (selects the torch backend)
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from device import accelerator, clock, device_name  # noqa: E402
-from torch_reference import TorchConvAutoencoder, augment, decs_paper_loss, otsu, student_t  # noqa: E402
+import keras
+import numpy as np
+import torch
+from device import accelerator, clock, device_name
+from torch_reference import TorchConvAutoencoder, augment, decs_paper_loss, otsu, student_t
+
+import deepstab
 
 
 def keras_rate(stage: str, x: np.ndarray, batch: int, repeats: int) -> float:
@@ -80,8 +82,6 @@ def torch_rate(stage: str, x: np.ndarray, batch: int, repeats: int) -> float:
     return best
 
 
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=int, nargs=3, default=(16, 16, 1), metavar=("H", "W", "C"))
@@ -92,8 +92,11 @@ def main() -> None:
 
     keras.utils.set_random_seed(0)
     x = np.random.default_rng(0).random((args.batch * args.steps, *args.shape), dtype=np.float32)
-    print(f"DECS steps, input {tuple(args.shape)}, batch {args.batch}, {args.steps} batches per pass, "
-          f"best of {args.repeats}, on {device_name()}, torch threads {torch.get_num_threads()}, torch {torch.__version__}, keras {keras.__version__}")
+    print(
+        f"DECS steps, input {tuple(args.shape)}, batch {args.batch}, {args.steps} batches per pass, "
+        f"best of {args.repeats}, on {device_name()}, torch threads {torch.get_num_threads()}, "
+        f"torch {torch.__version__}, keras {keras.__version__}"
+    )
     print(f"{'step':<12}{'keras samples/s':>18}{'torch samples/s':>18}{'ratio':>8}")
     for stage in ("pretrain", "clustering"):
         ours = keras_rate(stage, x, args.batch, args.repeats)

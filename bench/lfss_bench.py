@@ -3,7 +3,8 @@
 Both sides run the same computation (``bench/torch_lfss_reference.py``): two SimCLR views of a
 batch, ResNet-18 with the CIFAR stem at 32x32 and a 4096 -> 256 projector for the online, target
 and predecessor networks, the predictor, L_S + λ (L_I + L_C) with L_C active, an SGD update
-and the EMA update, with the same thread count, on the same device (the GPU when there is one). Each side runs in its own process, so the
+and the EMA update, with the same thread count, on the same device (the GPU when there is one). Each side
+runs in its own process, so the
 peak resident memory printed is its own. The Keras side is timed through ``model.fit``: the
 time from the start of one batch to the start of the next, median over the timed batches.
 
@@ -24,13 +25,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def keras_side(args) -> list[float]:
-    import deepstab  # noqa: F401  (selects the torch backend)
     import keras
     import numpy as np
     from device import clock
 
-    from deepstab.lfss import LFSSModel, lfss_optimizer
-    from deepstab.training import IndexedImages
+    import deepstab  # noqa: F401  (selects the torch backend)
+    from deepstab.datasets.streaming import IndexedImages
+    from deepstab.methods.lfss import LFSSModel, lfss_optimizer
 
     x = np.random.default_rng(0).random((args.batch * (args.steps + 1), 32, 32, 3), dtype=np.float32)
     model = LFSSModel((32, 32, 3), 10, width=args.width, eta=10**6, seed=0)  # no epoch-end k-means
@@ -93,11 +94,23 @@ def main() -> None:
 
     results = {}
     for side in ("keras", "torch"):
-        command = [sys.executable, __file__, "--side", side, "--batch", str(args.batch), "--width", str(args.width), "--steps", str(args.steps)]
+        command = [
+            sys.executable,
+            __file__,
+            "--side",
+            side,
+            "--batch",
+            str(args.batch),
+            "--width",
+            str(args.width),
+            "--steps",
+            str(args.steps),
+        ]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[side] = json.loads(output.strip().splitlines()[-1])
     print(
-        f"LFSS train step, ResNet-18 x{args.width:g} (CIFAR stem), 32x32x3, batch {args.batch}, median of {args.steps} steps, "
+        f"LFSS train step, ResNet-18 x{args.width:g} (CIFAR stem), 32x32x3, batch {args.batch}, "
+        f"median of {args.steps} steps, "
         f"on {device_name()}, torch threads {torch.get_num_threads()}, torch {torch.__version__}"
     )
     print(f"{'side':<8}{'images/s':>10}{'peak RSS MiB':>14}")

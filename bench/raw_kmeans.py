@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 
-import deepstab  # noqa: F401  (selects the torch backend)
 import numpy as np
+
+import deepstab  # noqa: F401  (selects the torch backend)
 from deepstab import datasets
-from deepstab.kmeans import kmeans
 from deepstab.metrics import evaluate
+from deepstab.nn.kmeans import kmeans
 
 
 def main() -> None:
@@ -28,7 +29,10 @@ def main() -> None:
         flat = x.reshape(len(x), -1)
         k = len(np.unique(y))
         scores = [evaluate(y, kmeans(flat, k, n_init=10, seed=seed)[1]) for seed in range(args.runs)]
-        cells = [f"{np.mean([s[m] for s in scores]):.3f} ± {np.std([s[m] for s in scores]):.3f}" for m in ("acc", "nmi", "ari")]
+        cells = [
+            f"{np.mean([s[m] for s in scores]):.3f} ± {np.std([s[m] for s in scores]):.3f}"
+            for m in ("acc", "nmi", "ari")
+        ]
         print(f"{name:<14} {len(x):>7}  " + "  ".join(f"{c:>13}" for c in cells))
 
 

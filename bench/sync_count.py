@@ -23,11 +23,12 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import deepstab  # noqa: E402  (selects the torch backend)
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from keras.src.backend.torch import core  # noqa: E402
+import keras
+import numpy as np
+import torch
+from keras.src.backend.torch import core
+
+import deepstab
 
 READS = ("item", "__bool__", "__int__", "__float__", "__index__", "tolist", "numpy")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -43,10 +44,14 @@ class Counter:
     def note(self, kind: str) -> None:
         if not self.active:
             return
-        frames = [f for f in traceback.extract_stack()[:-2] if "/torch/" not in f.filename and "sync_count" not in f.filename]
+        frames = [
+            f for f in traceback.extract_stack()[:-2] if "/torch/" not in f.filename and "sync_count" not in f.filename
+        ]
         ours = [f for f in frames if f.filename.startswith(ROOT)]
         where = ours[-1] if ours else frames[-1]
-        self.events[(kind, f"{where.filename.replace(ROOT, '').split('site-packages/')[-1]}:{where.lineno} {where.name}")] += 1
+        self.events[
+            (kind, f"{where.filename.replace(ROOT, '').split('site-packages/')[-1]}:{where.lineno} {where.name}")
+        ] += 1
 
     def install(self) -> None:
         convert = core.convert_to_tensor
@@ -57,7 +62,11 @@ class Counter:
             return convert(x, *args, **kwargs)
 
         for module in list(sys.modules.values()):
-            if module is not None and module.__name__.startswith("keras") and getattr(module, "convert_to_tensor", None) is convert:
+            if (
+                module is not None
+                and module.__name__.startswith("keras")
+                and getattr(module, "convert_to_tensor", None) is convert
+            ):
                 module.convert_to_tensor = counted_convert
         for name in READS:
             original = getattr(torch.Tensor, name)
@@ -71,9 +80,9 @@ class Counter:
 
 def models():
     """(name, model, data for its fit, batch size, steps) of each trained model, tiny sizes."""
-    from deepstab.dec import DCN, DEC, IDEC
-    from deepstab.lfss import LFSSModel, lfss_optimizer
-    from deepstab.training import IndexedImages
+    from deepstab.datasets.streaming import IndexedImages
+    from deepstab.methods.dec import DCN, DEC, IDEC
+    from deepstab.methods.lfss import LFSSModel, lfss_optimizer
 
     rng = np.random.default_rng(0)
     batch, steps = 32, 8

@@ -1,6 +1,6 @@
 """A plain-PyTorch twin of one LFSS training step, for speed comparisons only.
 
-The same computation as ``deepstab.lfss.LFSSModel.train_step`` with the BYOL base: two SimCLR
+The same computation as ``deepstab.methods.lfss.LFSSModel.train_step`` with the BYOL base: two SimCLR
 views (crop and flip by one ``grid_sample``, colour jitter, grayscale), a ResNet-18 with the
 CIFAR stem and a projector for the online, target and predecessor networks, the predictor, the
 losses L_S, L_I and L_C, SGD with momentum and weight decay, and the EMA update. NCHW layout.
@@ -23,7 +23,9 @@ class Block(nn.Module):
         self.c2, self.b2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)
         self.down = None
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01))
+            self.down = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)
+            )
 
     def forward(self, x):
         h = F.relu(self.b1(self.c1(x)))
@@ -33,7 +35,11 @@ class Block(nn.Module):
 
 def resnet18_cifar(channels: int = 3, width: float = 1.0) -> nn.Module:
     widths = [max(int(round(f * width)), 4) for f in (64, 128, 256, 512)]
-    layers = [nn.Conv2d(channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0], eps=1e-3, momentum=0.01), nn.ReLU()]
+    layers = [
+        nn.Conv2d(channels, widths[0], 3, 1, 1, bias=False),
+        nn.BatchNorm2d(widths[0], eps=1e-3, momentum=0.01),
+        nn.ReLU(),
+    ]
     previous = widths[0]
     for stage, w in enumerate(widths):
         for block in range(2):
@@ -43,7 +49,12 @@ def resnet18_cifar(channels: int = 3, width: float = 1.0) -> nn.Module:
 
 
 def mlp(din: int, hidden: int, dout: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(din, hidden, bias=False), nn.BatchNorm1d(hidden, eps=1e-3, momentum=0.01), nn.ReLU(), nn.Linear(hidden, dout))
+    return nn.Sequential(
+        nn.Linear(din, hidden, bias=False),
+        nn.BatchNorm1d(hidden, eps=1e-3, momentum=0.01),
+        nn.ReLU(),
+        nn.Linear(hidden, dout),
+    )
 
 
 def simclr_view(x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +67,9 @@ def simclr_view(x: torch.Tensor) -> torch.Tensor:
     sign = torch.where(u(0, 1) < 0.5, -1.0, 1.0)
     zero = torch.zeros(n)
     theta = torch.stack([torch.stack([w * sign, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
-    x = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), padding_mode="border", align_corners=False)
+    x = F.grid_sample(
+        x, F.affine_grid(theta, list(x.shape), align_corners=False), padding_mode="border", align_corners=False
+    )
     apply = (u(0, 1) < 0.8).view(-1, 1, 1, 1)
     gray = lambda t: (t * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)  # noqa: E731
     factor = lambda s: torch.where(apply, u(1 - s, 1 + s).view(-1, 1, 1, 1), torch.ones(n, 1, 1, 1))  # noqa: E731
@@ -69,7 +82,9 @@ def simclr_view(x: torch.Tensor) -> torch.Tensor:
     angle = torch.where(apply.view(-1), u(-0.1, 0.1), zero) * 2 * math.pi
     c, s = angle.cos(), angle.sin()
     one = torch.ones(n)
-    rot = torch.stack([torch.stack([one, zero, zero], 1), torch.stack([zero, c, -s], 1), torch.stack([zero, s, c], 1)], 1)
+    rot = torch.stack(
+        [torch.stack([one, zero, zero], 1), torch.stack([zero, c, -s], 1), torch.stack([zero, s, c], 1)], 1
+    )
     matrix = torch.einsum("ij,njk,kl->nil", torch.linalg.inv(yiq), rot, yiq)
     x = torch.einsum("nij,njhw->nihw", matrix, x).clamp(0, 1)
     return torch.where((u(0, 1) < 0.2).view(-1, 1, 1, 1), gray(x).expand(-1, 3, -1, -1), x)
@@ -117,10 +132,15 @@ class TorchLFSS:
             p.requires_grad_(False)
         self.optimizer = torch.optim.SGD(
             [{"params": self.online.parameters()}, {"params": self.predictor.parameters(), "lr": 10 * lr}],
-            lr=lr, momentum=0.9, weight_decay=5e-4,
+            lr=lr,
+            momentum=0.9,
+            weight_decay=5e-4,
         )
         self.k, self.m, self.sigma, self.lam = k, momentum, sigma, lam
-        self.mean, self.std = torch.tensor([0.49, 0.48, 0.45]).view(1, 3, 1, 1), torch.tensor([0.25, 0.24, 0.26]).view(1, 3, 1, 1)
+        self.mean, self.std = (
+            torch.tensor([0.49, 0.48, 0.45]).view(1, 3, 1, 1),
+            torch.tensor([0.25, 0.24, 0.26]).view(1, 3, 1, 1),
+        )
 
     def step(self, x, labels, keep):
         x1, x2 = (simclr_view(x) - self.mean) / self.std, (simclr_view(x) - self.mean) / self.std

@@ -1,7 +1,7 @@
 """Plain-PyTorch twins of the DECS computation, for speed comparisons only.
 
-The same layers, shapes and arithmetic as ``deepstab.networks`` and
-``deepstab.decs`` (NCHW layout, as PyTorch prefers), with no Keras in the way.
+The same layers, shapes and arithmetic as ``deepstab.nn.networks`` and
+``deepstab.methods.decs`` (NCHW layout, as PyTorch prefers), with no Keras in the way.
 """
 
 from __future__ import annotations
@@ -23,14 +23,28 @@ class TorchConvAutoencoder(nn.Module):
         self.top = filters[3]
         blocks, previous = [], channels
         for f in filters[:3]:
-            blocks += [nn.Conv2d(previous, f, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(f, eps=1e-3, momentum=0.01), nn.MaxPool2d(2)]
+            blocks += [
+                nn.Conv2d(previous, f, 3, padding=1),
+                nn.ReLU(),
+                nn.BatchNorm2d(f, eps=1e-3, momentum=0.01),
+                nn.MaxPool2d(2),
+            ]
             previous = f
-        blocks += [nn.Conv2d(previous, filters[3], 3, padding=1), nn.ReLU(), nn.BatchNorm2d(filters[3], eps=1e-3, momentum=0.01), nn.Flatten()]
+        blocks += [
+            nn.Conv2d(previous, filters[3], 3, padding=1),
+            nn.ReLU(),
+            nn.BatchNorm2d(filters[3], eps=1e-3, momentum=0.01),
+            nn.Flatten(),
+        ]
         self.encoder = nn.Sequential(*blocks, nn.Linear(filters[3] * self.inner[0] * self.inner[1], embedding_dim))
         self.expand = nn.Linear(embedding_dim, filters[3] * self.inner[0] * self.inner[1])
         blocks, previous = [], filters[3]
         for f in reversed(filters[:3]):
-            blocks += [nn.ConvTranspose2d(previous, f, 3, stride=2, padding=1, output_padding=1), nn.ReLU(), nn.BatchNorm2d(f, eps=1e-3, momentum=0.01)]
+            blocks += [
+                nn.ConvTranspose2d(previous, f, 3, stride=2, padding=1, output_padding=1),
+                nn.ReLU(),
+                nn.BatchNorm2d(f, eps=1e-3, momentum=0.01),
+            ]
             previous = f
         self.decoder = nn.Sequential(*blocks, nn.ConvTranspose2d(previous, channels, 3, padding=1))
 
@@ -49,7 +63,9 @@ def augment(x, shift=0.1, rotation=10.0):
     angle = (torch.rand(n) * 2 - 1) * rotation * math.pi / 180
     shifts = (torch.rand(n, 2) * 2 - 1) * 2 * shift
     cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([torch.stack([cos, -sin * h / w, shifts[:, 0]], 1), torch.stack([sin * w / h, cos, shifts[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin * h / w, shifts[:, 0]], 1), torch.stack([sin * w / h, cos, shifts[:, 1]], 1)], 1
+    )
     grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 

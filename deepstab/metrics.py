@@ -1,4 +1,4 @@
-"""Clustering metrics (DESIGN §9): ACC with Hungarian matching, NMI, ARI, cluster sizes.
+"""Clustering metrics as the papers report them: ACC with Hungarian matching, NMI, ARI; and cluster sizes.
 
 Example:
 

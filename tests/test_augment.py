@@ -1,7 +1,7 @@
 import numpy as np
 from keras import ops
 
-from deepstab.augment import RandomShiftRotation
+from deepstab.nn.augment import RandomShiftRotation
 
 
 def test_identity_outside_training_and_with_zero_ranges():
@@ -24,7 +24,9 @@ def test_shift_moves_content_within_the_range():
 def test_rotation_keeps_mass_of_a_centred_disc():
     yy, xx = np.mgrid[:24, :24]
     disc = (((yy - 11.5) ** 2 + (xx - 11.5) ** 2) < 36).astype(np.float32)[None, ..., None]
-    out = ops.convert_to_numpy(RandomShiftRotation(shift=0.0, rotation=45.0, seed=2)(np.repeat(disc, 8, 0), training=True))
+    out = ops.convert_to_numpy(
+        RandomShiftRotation(shift=0.0, rotation=45.0, seed=2)(np.repeat(disc, 8, 0), training=True)
+    )
     np.testing.assert_allclose(out.sum((1, 2, 3)), disc.sum(), rtol=0.03)
 
 
@@ -34,7 +36,7 @@ def test_colour_and_non_square_images_keep_their_shape():
 
 
 def _simclr(x, **settings):
-    from deepstab.augment import SimCLRAugment
+    from deepstab.nn.augment import SimCLRAugment
 
     return ops.convert_to_numpy(SimCLRAugment(seed=5, **settings)(x, training=True))
 

@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from deepstab.brb import BRB, soft_reset, zero_optimizer_moments
-from deepstab.dec import DCN, DEC, IDEC
-from deepstab.decs import DECS
 from deepstab.errors import DeepstabError
+from deepstab.methods.brb import BRB, soft_reset, zero_optimizer_moments
+from deepstab.methods.dec import DCN, DEC, IDEC
+from deepstab.methods.decs import DECS
 
 SMALL = dict(hidden=(16, 8))
 
@@ -27,7 +27,7 @@ def x():
 
 def _trained(cls, x, epochs=1, **kwargs):
     model = cls(3, (8, 8, 1), **SMALL, **kwargs)
-    model.autoencoder.adapt(x)
+    model.autoencoder.prepare(x)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     model.fit(x, epochs=epochs, batch_size=32, verbose=0, seed=0)
     return model

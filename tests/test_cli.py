@@ -27,7 +27,9 @@ def assert_clean_error(result, pattern):
 @pytest.fixture
 def trained(tmp_path, blobs_npz):
     out = tmp_path / "models" / "decs-blobs.keras"
-    result = invoke("decs", "--dataset", f"npz:{blobs_npz}", *QUICK, "--output", out, "--models-dir", tmp_path / "models")
+    result = invoke(
+        "decs", "--dataset", f"npz:{blobs_npz}", *QUICK, "--output", out, "--models-dir", tmp_path / "models"
+    )
     assert result.exit_code == 0, result.output
     return out, result
 
@@ -44,7 +46,9 @@ def test_decs_trains_saves_model_and_labels(trained, tmp_path):
 
 def test_decs_reuses_the_pretrained_autoencoder(trained, tmp_path, blobs_npz):
     out, _ = trained
-    again = invoke("decs", "--dataset", f"npz:{blobs_npz}", *QUICK, "--output", out, "--models-dir", tmp_path / "models")
+    again = invoke(
+        "decs", "--dataset", f"npz:{blobs_npz}", *QUICK, "--output", out, "--models-dir", tmp_path / "models"
+    )
     assert again.exit_code == 0, again.output
     assert "Reusing the pretrained autoencoder" in again.output
 
@@ -55,8 +59,8 @@ def test_predict_writes_labels_and_metrics(trained, tmp_path, blobs_npz):
     result = invoke("predict", out, "--dataset", f"npz:{blobs_npz}", "--output", labels)
     assert result.exit_code == 0, result.output
     assert "ACC" in result.output and labels.is_file()
-    trained_rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
-    predicted_rows = list(csv.DictReader(open(labels)))
+    trained_rows = list(csv.DictReader(out.with_suffix(".csv").read_text().splitlines()))
+    predicted_rows = list(csv.DictReader(labels.read_text().splitlines()))
     assert [r["cluster"] for r in trained_rows] == [r["cluster"] for r in predicted_rows]
 
 
@@ -69,7 +73,9 @@ def test_predict_rejects_data_of_another_shape(trained, tmp_path):
 def test_predict_bad_model_files(tmp_path, blobs_npz, trained):
     assert_clean_error(invoke("predict", tmp_path / "absent.keras", "--dataset", f"npz:{blobs_npz}"), "does not exist")
     (tmp_path / "junk.keras").write_bytes(b"junk")
-    assert_clean_error(invoke("predict", tmp_path / "junk.keras", "--dataset", f"npz:{blobs_npz}"), "not a Keras model file")
+    assert_clean_error(
+        invoke("predict", tmp_path / "junk.keras", "--dataset", f"npz:{blobs_npz}"), "not a Keras model file"
+    )
     ae = tmp_path / "models" / "decs-blobs-ae-2ep-b32-seed0.keras"
     assert_clean_error(invoke("predict", ae, "--dataset", f"npz:{blobs_npz}"), "holds a ConvAutoencoder model")
 
@@ -78,15 +84,20 @@ def test_predict_bad_model_files(tmp_path, blobs_npz, trained):
 def test_bad_inputs_give_one_paragraph_errors(tmp_path, command):
     quick = QUICK if command == "decs" else ["--pretrain-epochs", "1", "--epochs", "1"]
     assert_clean_error(invoke(command, "--dataset", "nope", *quick), "Unknown dataset 'nope'")
-    assert_clean_error(invoke(command, "--dataset", "usps", "--data-dir", tmp_path, *quick), "usps_train.jf.gz.*not found")
+    assert_clean_error(
+        invoke(command, "--dataset", "usps", "--data-dir", tmp_path, *quick), "usps_train.jf.gz.*not found"
+    )
     x = np.random.default_rng(0).random((5, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "few.npz", x=x)
     assert_clean_error(
-        invoke(command, "--dataset", f"npz:{tmp_path / 'few.npz'}", "--n-clusters", 9, *quick), "larger than the number of samples"
+        invoke(command, "--dataset", f"npz:{tmp_path / 'few.npz'}", "--n-clusters", 9, *quick),
+        "larger than the number of samples",
     )
     x[0, 0, 0] = np.nan
     np.savez(tmp_path / "nan.npz", x=x)
-    assert_clean_error(invoke(command, "--dataset", f"npz:{tmp_path / 'nan.npz'}", "--n-clusters", 2, *quick), "NaN or infinite")
+    assert_clean_error(
+        invoke(command, "--dataset", f"npz:{tmp_path / 'nan.npz'}", "--n-clusters", 2, *quick), "NaN or infinite"
+    )
     assert_clean_error(invoke(command, "--dataset", f"npz:{tmp_path / 'few.npz'}", *quick), "no labels.*--n-clusters")
 
 
@@ -104,7 +115,17 @@ def test_help_documents_defaults(command):
     assert result.exit_code == 0
     assert "--data-dir" in result.output
     if command == "decs":
-        for option in ("--pretrain-epochs", "--iterations", "--batch-size", "--variant", "--alpha", "--lam", "--seed", "--output", "--preset"):
+        for option in (
+            "--pretrain-epochs",
+            "--iterations",
+            "--batch-size",
+            "--variant",
+            "--alpha",
+            "--lam",
+            "--seed",
+            "--output",
+            "--preset",
+        ):
             assert option in result.output
         assert "[default: paper]" in result.output and "[default: 256]" in result.output
 
@@ -112,24 +133,57 @@ def test_help_documents_defaults(command):
 def test_stability_writes_every_promised_file(tmp_path, blobs_npz):
     out = tmp_path / "report"
     result = invoke(
-        "stability", "--dataset", f"npz:{blobs_npz}", "--epochs", "3", "--pretrain-epochs", "1",
-        "--bins", "5", "--output", out, "--models-dir", tmp_path / "models",
+        "stability",
+        "--dataset",
+        f"npz:{blobs_npz}",
+        "--epochs",
+        "3",
+        "--pretrain-epochs",
+        "1",
+        "--bins",
+        "5",
+        "--output",
+        out,
+        "--models-dir",
+        tmp_path / "models",
     )
     assert result.exit_code == 0, result.output
     assert "observed / random" in result.output and "Accuracy by stability bin" in result.output
-    for name in ("stability.csv", "summary.json", "report.html", "accuracy_by_stability.png", "recurrence.png", "unstable_samples.png", "stable_samples.png", "model.keras"):
+    for name in (
+        "stability.csv",
+        "summary.json",
+        "report.html",
+        "accuracy_by_stability.png",
+        "recurrence.png",
+        "unstable_samples.png",
+        "stable_samples.png",
+        "model.keras",
+    ):
         assert (out / name).is_file(), name
     with open(out / "stability.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 120 and list(rows[0]) == ["index", "label", "epoch_1", "epoch_2", "epoch_3", "cluster"]
     # continuing the saved model tracks it further
-    again = invoke("stability", "--dataset", f"npz:{blobs_npz}", "--epochs", "2", "--model", out / "model.keras", "--output", tmp_path / "more")
+    again = invoke(
+        "stability",
+        "--dataset",
+        f"npz:{blobs_npz}",
+        "--epochs",
+        "2",
+        "--model",
+        out / "model.keras",
+        "--output",
+        tmp_path / "more",
+    )
     assert again.exit_code == 0, again.output
     assert (tmp_path / "more" / "report.html").is_file()
 
 
 def test_stability_bad_settings(blobs_npz):
-    assert_clean_error(invoke("stability", "--dataset", f"npz:{blobs_npz}", "--epochs", "2", "--track-every", "3"), "track_every must lie between")
+    assert_clean_error(
+        invoke("stability", "--dataset", f"npz:{blobs_npz}", "--epochs", "2", "--track-every", "3"),
+        "track_every must lie between",
+    )
 
 
 CENTROID_QUICK = ["--pretrain-epochs", "3", "--pretrain-batch-size", "32", "--epochs", "4", "--batch-size", "40"]
@@ -139,21 +193,47 @@ CENTROID_QUICK = ["--pretrain-epochs", "3", "--pretrain-batch-size", "32", "--ep
 def test_centroid_methods_with_brb_share_one_autoencoder(tmp_path, blobs_npz, method):
     models = tmp_path / "models"
     out = models / f"{method}.keras"
-    result = invoke(method, "--dataset", f"npz:{blobs_npz}", *CENTROID_QUICK, "--brb", "--brb-interval", "2",
-                    "--brb-subsample", "50", "--output", out, "--models-dir", models)
+    result = invoke(
+        method,
+        "--dataset",
+        f"npz:{blobs_npz}",
+        *CENTROID_QUICK,
+        "--brb",
+        "--brb-interval",
+        "2",
+        "--brb-subsample",
+        "50",
+        "--output",
+        out,
+        "--models-dir",
+        models,
+    )
     assert result.exit_code == 0, result.output
     assert "Final model: ACC" in result.output and "BRB interventions at the start of epochs: 3" in result.output
     assert out.is_file() and out.with_suffix(".csv").is_file() and out.with_suffix(".png").is_file()
     assert [p.name for p in models.glob("dense-ae-*")] == ["dense-ae-blobs-e3-3ep-b32-seed0.keras"]
     predicted = invoke("predict", out, "--dataset", f"npz:{blobs_npz}", "--output", tmp_path / "labels.csv")
     assert predicted.exit_code == 0 and "ACC" in predicted.output, predicted.output
-    again = invoke("dcn", "--dataset", f"npz:{blobs_npz}", *CENTROID_QUICK, "--output", models / "other.keras", "--models-dir", models)
+    again = invoke(
+        "dcn",
+        "--dataset",
+        f"npz:{blobs_npz}",
+        *CENTROID_QUICK,
+        "--output",
+        models / "other.keras",
+        "--models-dir",
+        models,
+    )
     assert "Reusing the pretrained autoencoder" in again.output
 
 
 def test_centroid_bad_settings(blobs_npz):
-    assert_clean_error(invoke("dec", "--dataset", f"npz:{blobs_npz}", "--brb", "--brb-alpha", "2"), "brb_alpha must lie in")
-    assert_clean_error(invoke("idec", "--dataset", f"npz:{blobs_npz}", "--epochs", "-1"), "epochs must be zero or positive")
+    assert_clean_error(
+        invoke("dec", "--dataset", f"npz:{blobs_npz}", "--brb", "--brb-alpha", "2"), "brb_alpha must lie in"
+    )
+    assert_clean_error(
+        invoke("idec", "--dataset", f"npz:{blobs_npz}", "--epochs", "-1"), "epochs must be zero or positive"
+    )
     assert_clean_error(
         invoke("dcn", "--dataset", f"npz:{blobs_npz}", "--brb", "--no-brb-reset", "--no-brb-recluster"), "does nothing"
     )

@@ -8,8 +8,8 @@ from conftest import write_idx, write_usps
 from PIL import Image
 
 from deepstab import datasets
+from deepstab.datasets.store import to_unit_float
 from deepstab.errors import DeepstabError
-from deepstab.image_store import to_unit_float
 from deepstab.metrics import evaluate
 
 
@@ -23,7 +23,7 @@ def test_digits_is_bundled():
 def test_usps_from_shared_data(shared_data):
     x, y = datasets.load("usps", shared_data)
     assert x.shape == (9298, 16, 16, 1) and y.shape == (9298,)
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     assert np.bincount(y).tolist()[:2] == [1553, 1269]
 
 
@@ -238,7 +238,7 @@ def test_imagenet10_reads_only_its_wnids_into_a_disk_cache(tmp_path):
         for j in range(2):  # sizes differ: everything is resized to 96x96
             _jpegs(tmp_path / "imagenet" / "train" / wnid, 1, (40 + 7 * j, 30 + i), rng, name=f"{wnid}_{j}")
     x, y = datasets.load("imagenet10", tmp_path)
-    assert x.shape == (20, 96, 96, 3) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+    assert x.shape == (20, 96, 96, 3) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
     assert y.tolist() == [i for i in range(10) for _ in range(2)]
     # Streamed: the uint8 cache on disk, memory-mapped read-only, the same pixels.
     xs, ys = datasets.load("imagenet10", tmp_path, stream=True)
@@ -293,7 +293,9 @@ class _FakeTfds:
 
 
 def _fake_split(n, shape, rng, **labels):
-    return [{"image": rng.integers(0, 255, shape, dtype=np.uint8), **{k: v[i] for k, v in labels.items()}} for i in range(n)]
+    return [
+        {"image": rng.integers(0, 255, shape, dtype=np.uint8), **{k: v[i] for k, v in labels.items()}} for i in range(n)
+    ]
 
 
 def test_cifar20_takes_the_coarse_labels_from_tfds(tmp_path, monkeypatch):
@@ -354,7 +356,9 @@ def test_optdigits_reads_the_uci_files(tmp_path):
     x, y = datasets.load("optdigits", tmp_path)
     assert x.shape == (5620, 8, 8, 1) and y[3823:].tolist() == digits.target.tolist()
     np.testing.assert_allclose(x[3823:], datasets.load("digits")[0])
-    np.savetxt(folder / "optdigits.tes", np.column_stack([digits.data[:10], digits.target[:10]]), fmt="%d", delimiter=",")
+    np.savetxt(
+        folder / "optdigits.tes", np.column_stack([digits.data[:10], digits.target[:10]]), fmt="%d", delimiter=","
+    )
     with pytest.raises(DeepstabError, match="1797 rows"):
         datasets.load("optdigits", tmp_path)
 
@@ -363,7 +367,9 @@ def test_kmnist_from_local_idx_files(tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPSTAB_OFFLINE", "1")
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 5), ("t10k", 3)):
-        write_idx(tmp_path / "kmnist" / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(
+            tmp_path / "kmnist" / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        )
         write_idx(tmp_path / "kmnist" / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, dtype=np.uint8))
     x, y = datasets.load("kmnist", tmp_path)
     assert x.shape == (8, 28, 28, 1) and y.shape == (8,)

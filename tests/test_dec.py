@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from deepstab.dec import DCN, DEC, IDEC, DenseAutoencoder
 from deepstab.errors import DeepstabError
-from deepstab.losses import dcn_centroid_update, dcn_cluster_loss, kl_divergence, target_distribution
-from deepstab.saving import load_model, save_model
+from deepstab.io import load_model, save_model
+from deepstab.methods.dec import DCN, DEC, IDEC, DenseAutoencoder
+from deepstab.methods.losses import dcn_centroid_update, dcn_cluster_loss, kl_divergence, target_distribution
 
 SMALL = dict(hidden=(16, 8))
 
@@ -66,7 +66,7 @@ def test_dcn_centroid_update_equals_the_sequential_rule():
 def test_dense_autoencoder_standardises_and_learns(blobs):
     x, _ = blobs
     ae = DenseAutoencoder((8, 8, 1), 3, **SMALL)
-    ae.adapt(x)
+    ae.prepare(x)
     standardised = np_(ae.standardise(x.reshape(len(x), -1)))
     np.testing.assert_allclose(standardised.mean(0), 0.0, atol=1e-4)
     std = x.reshape(len(x), -1).std(0)
@@ -74,7 +74,7 @@ def test_dense_autoencoder_standardises_and_learns(blobs):
     # A constant (always blank) pixel is scaled like an average one, not divided by ~0.
     blank = np.zeros((4, 8, 8, 1), np.float32)
     blank[:, 0, 0] = 1.0
-    ae.adapt(np.concatenate([x * np.pad(np.ones((7, 7, 1)), ((1, 0), (1, 0), (0, 0)))[None], blank[:1] * 0]))
+    ae.prepare(np.concatenate([x * np.pad(np.ones((7, 7, 1)), ((1, 0), (1, 0), (0, 0)))[None], blank[:1] * 0]))
     assert np.abs(np_(ae.standardise(blank.reshape(4, -1)))).max() < 10
     ae.compile(optimizer=keras.optimizers.Adam(1e-2))
     losses = ae.fit(x, epochs=15, batch_size=32, verbose=0).history["loss"]
@@ -105,7 +105,7 @@ def test_only_the_right_variables_learn(blobs):
     assert id(dec.clustering.centroids) in ids(dec.trainable_variables_of_step())
     assert id(dcn.clustering.centroids) not in ids(dcn.trainable_variables_of_step())  # DCN: Eq. 8, not gradients
     # DCN moves its centroids and counts by Eq. 8 during a step.
-    dcn.autoencoder.adapt(x)
+    dcn.autoencoder.prepare(x)
     dcn.compile(optimizer="adam")
     dcn.initialize_centroids(x, seed=0)
     before = np_(dcn.clustering.centroids).copy()
@@ -118,7 +118,7 @@ def test_only_the_right_variables_learn(blobs):
 def test_dec_target_refreshes_on_its_interval(blobs):
     x, _ = blobs
     model = DEC(3, (8, 8, 1), target_interval=2, **SMALL)
-    model.autoencoder.adapt(x)
+    model.autoencoder.prepare(x)
     model.compile(optimizer="adam")
     refreshed = []
     original = model.refresh_target
@@ -132,7 +132,7 @@ def test_dec_target_refreshes_on_its_interval(blobs):
 def test_save_load_round_trip(blobs, tmp_path, cls):
     x, _ = blobs
     model = cls(3, (8, 8, 1), **SMALL)
-    model.autoencoder.adapt(x)
+    model.autoencoder.prepare(x)
     model.compile(optimizer="adam")
     model.fit(x, epochs=1, batch_size=32, verbose=0, seed=0)
     loaded = load_model(save_model(model, tmp_path / "m.keras"), expect=cls)
@@ -160,7 +160,7 @@ def test_bad_arguments_and_inputs(blobs):
 def test_dcn_reseeds_a_cluster_that_got_no_sample(blobs):
     x, _ = blobs
     model = DCN(3, (8, 8, 1), augment=False, **SMALL)
-    model.autoencoder.adapt(x)
+    model.autoencoder.prepare(x)
     model.compile(optimizer="adam")
     model.initialize_centroids(x, seed=0)
     far = np_(model.clustering.centroids).copy()
@@ -173,11 +173,11 @@ def test_dcn_reseeds_a_cluster_that_got_no_sample(blobs):
 
 
 def test_label_check_and_target_refresh_share_one_embedding_pass(blobs):
-    from deepstab.callbacks import LabelMetrics
+    from deepstab.analysis.progress import LabelMetrics
 
     x, _ = blobs
     model = DEC(3, x.shape[1:], **SMALL)
-    model.autoencoder.adapt(x)
+    model.autoencoder.prepare(x)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     model.initialize_centroids(x, seed=0)
     passes, fresh, refresh = [], [], model.refresh_target
@@ -186,7 +186,11 @@ def test_label_check_and_target_refresh_share_one_embedding_pass(blobs):
 
     def checked_refresh(data):
         refresh(data)
-        fresh.append(np.allclose(np_(model.target), np_(target_distribution(model.clustering(predict(data, verbose=0)))), atol=1e-6))
+        fresh.append(
+            np.allclose(
+                np_(model.target), np_(target_distribution(model.clustering(predict(data, verbose=0)))), atol=1e-6
+            )
+        )
 
     model.refresh_target = checked_refresh
     model.fit(x, epochs=3, batch_size=32, verbose=0, seed=0, callbacks=[LabelMetrics(x, every=1)])

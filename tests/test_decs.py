@@ -5,8 +5,9 @@ import torch
 from keras import ops
 
 from deepstab import DECS, ConvAutoencoder, load_model, save_model
-from deepstab.callbacks import CollapseGuard
 from deepstab.errors import DeepstabError
+from deepstab.methods.collapse import CollapseGuard
+from deepstab.metrics import cluster_sizes
 
 TINY = {"filters": (4, 8, 8, 8), "embedding_dim": 3}
 
@@ -34,8 +35,8 @@ def test_gradients_reach_encoder_and_centroids_only():
     model = DECS(3, (8, 8, 1), **TINY)
     model.initialize_centroids(x, n_init=2, seed=0)
     q = model(torch.tensor(x[:32]), training=True)
-    from deepstab.losses import decs_loss
-    from deepstab.thresholds import otsu_threshold
+    from deepstab.methods.losses import decs_loss
+    from deepstab.nn.otsu import otsu_threshold
 
     loss = decs_loss(q, otsu_threshold(q, 1000, (0.0, 1.0)))
     model.zero_grad()
@@ -159,7 +160,7 @@ def test_collapse_guard_restores_last_healthy_weights(pretrained_weights):
     assert guard.collapsed_epoch == 2 and guard.restored_epoch == 1
     for now, then in zip(model.get_weights(), snapshots[1]):
         np.testing.assert_array_equal(now, then)
-    assert model.cluster_summary(x)["n_nonempty"] == 3
+    assert cluster_sizes(model.predict_labels(x), 3)["n_nonempty"] == 3
 
 
 def test_collapse_guard_fallback_switches_the_size_prior_on(pretrained_weights):
@@ -173,7 +174,7 @@ def test_collapse_guard_fallback_switches_the_size_prior_on(pretrained_weights):
     assert guard.stopped_epoch is None and len(history.history["loss"]) == 5  # later flags do not stop
     assert history.history["collapsed"][1:] == [1.0] * 4
     assert guard.restored_epoch == 0  # still collapsed at the end: back to the last healthy weights
-    assert model.cluster_summary(x)["n_nonempty"] == 3
+    assert cluster_sizes(model.predict_labels(x), 3)["n_nonempty"] == 3
 
 
 def test_collapse_guard_warn_only_keeps_training(pretrained_weights):

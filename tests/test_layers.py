@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from deepstab.layers import ClusteringLayer, FusedBatchNormalization
+from deepstab.errors import DeepstabError
+from deepstab.nn.layers import ClusteringLayer, FusedBatchNormalization
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.5])
@@ -19,9 +20,11 @@ def test_student_t_matches_equation_5(alpha):
 
 
 def test_clustering_layer_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(DeepstabError, match="alpha"):
         ClusteringLayer(3, alpha=0)
-    with pytest.raises(ValueError, match="n_clusters"):
+    with pytest.raises(DeepstabError, match="alpha"):
+        ClusteringLayer(3, alpha=float("inf"))
+    with pytest.raises(DeepstabError, match="n_clusters"):
         ClusteringLayer(0)
 
 
@@ -31,13 +34,18 @@ def test_fused_batch_norm_matches_keras(training):
     x = rng.normal(2.0, 3.0, size=(16, 5, 4, 4)).astype(np.float32)
     ours, theirs = FusedBatchNormalization(), keras.layers.BatchNormalization(axis=1)
     ours.build(x.shape), theirs.build(x.shape)
-    weights = [rng.normal(size=5).astype(np.float32) for _ in range(2)] + [rng.normal(size=5).astype(np.float32), np.abs(rng.normal(size=5)).astype(np.float32) + 0.5]
+    weights = [rng.normal(size=5).astype(np.float32) for _ in range(2)] + [
+        rng.normal(size=5).astype(np.float32),
+        np.abs(rng.normal(size=5)).astype(np.float32) + 0.5,
+    ]
     ours.set_weights(weights), theirs.set_weights(weights)
     np.testing.assert_allclose(
         ops.convert_to_numpy(ours(x, training=training)), ops.convert_to_numpy(theirs(x, training=training)), atol=1e-4
     )
     # moving mean moves the same way; the moving variance differs only by n / (n - 1)
-    np.testing.assert_allclose(ops.convert_to_numpy(ours.moving_mean), ops.convert_to_numpy(theirs.moving_mean), atol=1e-5)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(ours.moving_mean), ops.convert_to_numpy(theirs.moving_mean), atol=1e-5
+    )
     if training:
         assert not np.allclose(ops.convert_to_numpy(ours.moving_mean), weights[2])
 
@@ -47,7 +55,9 @@ def test_frozen_batch_norm_can_use_batch_statistics_without_updating_them():
     layer = FusedBatchNormalization()
     layer.build(x.shape)
     layer.trainable = False
-    np.testing.assert_allclose(ops.convert_to_numpy(layer(x, training=True)), x / np.sqrt(1 + 1e-3), rtol=1e-5)  # inference
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(layer(x, training=True)), x / np.sqrt(1 + 1e-3), rtol=1e-5
+    )  # inference
     layer.frozen_batch_statistics = True
     out = ops.convert_to_numpy(layer(x, training=True))
     np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-5)

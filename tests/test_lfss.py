@@ -6,12 +6,12 @@ import keras
 import numpy as np
 import pytest
 
+from deepstab.datasets.streaming import IndexedImages
 from deepstab.errors import DeepstabError
-from deepstab.lfss import LFSSModel
-from deepstab.training import IndexedImages
-from deepstab.losses import byol_loss, cluster_centres, cluster_loss, info_nce, nt_xent
-from deepstab.networks import build_resnet
-from deepstab.saving import load_model, save_model
+from deepstab.io import load_model, save_model
+from deepstab.methods.lfss import LFSSModel
+from deepstab.methods.losses import byol_loss, cluster_centres, cluster_loss, info_nce, nt_xent
+from deepstab.nn.networks import build_resnet
 
 TINY = dict(width=0.0625, hidden=16, dim=8)
 

@@ -6,8 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from deepstab.lfss import LFSSModel
-from deepstab.lfss_runner import LFSSRun, run_lfss, summary
+from deepstab.methods.lfss import LFSSModel
+from deepstab.runs.common import checkpoint_folder
+from deepstab.runs.lfss import LFSSRun, run_lfss, summary
 
 TINY = dict(width=0.0625, hidden=16, dim=8, batch_size=16, eta=1, eval_runs=2, verbose=0)
 TINY_CLI = ["--width", "0.0625", "--hidden", "16", "--dim", "8", "--batch-size", "16", "--eta", "1", "--eval-runs", "2"]
@@ -52,7 +53,7 @@ def test_resume_continues_with_the_same_optimizer_state(tmp_path, colour_npz, mo
     run = LFSSRun(dataset=f"npz:{colour_npz}", preset="cpu", epochs=4, output=str(tmp_path / "lfss.keras"), **TINY)
     with pytest.raises(KeyboardInterrupt):
         run_lfss(run)
-    assert run.checkpoint_dir.is_dir() and not run.model_path.exists()
+    assert checkpoint_folder(run.model_path).is_dir() and not run.model_path.exists()
     with pytest.raises(Exception, match="--resume"):
         run_lfss(run)  # an unfinished run is never silently restarted
     run.resume = True
@@ -71,17 +72,21 @@ def test_resume_continues_with_the_same_optimizer_state(tmp_path, colour_npz, mo
     assert second["start_iterations"] == 2 * 3  # 48 images in batches of 16: 3 steps per epoch
     assert all(np.array_equal(a, b) for a, b in zip(first["momentums"], captured["momentums"]))
     np.testing.assert_array_equal(first["labels"], captured["labels"])
-    assert not run.checkpoint_dir.exists() and result.model_path.is_file()
+    assert not checkpoint_folder(run.model_path).exists() and result.model_path.is_file()
     assert "mean of 2 runs" in summary(run, result)
 
 
 def test_cli_lfss_trains_saves_and_predicts(tmp_path, colour_npz):
     out = tmp_path / "lfss.keras"
     runner = CliRunner()
-    result = runner.invoke(cli.cli, ["lfss", "--dataset", f"npz:{colour_npz}", "--epochs", "2", *TINY_CLI, "--output", str(out)])
+    result = runner.invoke(
+        cli.cli, ["lfss", "--dataset", f"npz:{colour_npz}", "--epochs", "2", *TINY_CLI, "--output", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "k-means on the target embeddings" in result.output and out.is_file() and out.with_suffix(".csv").is_file()
-    predicted = runner.invoke(cli.cli, ["predict", str(out), "--dataset", f"npz:{colour_npz}", "--output", str(tmp_path / "p.csv")])
+    predicted = runner.invoke(
+        cli.cli, ["predict", str(out), "--dataset", f"npz:{colour_npz}", "--output", str(tmp_path / "p.csv")]
+    )
     assert predicted.exit_code == 0, predicted.output
     assert "ACC" in predicted.output and (tmp_path / "p.csv").is_file()
 
@@ -96,7 +101,20 @@ def test_cli_lfss_bad_input(tmp_path, colour_npz):
 def test_stability_tracks_lfss(tmp_path, colour_npz):
     out = tmp_path / "report"
     result = CliRunner().invoke(
-        cli.cli, ["stability", "--method", "lfss", "--dataset", f"npz:{colour_npz}", "--epochs", "2", "--bins", "5", "--output", str(out)]
+        cli.cli,
+        [
+            "stability",
+            "--method",
+            "lfss",
+            "--dataset",
+            f"npz:{colour_npz}",
+            "--epochs",
+            "2",
+            "--bins",
+            "5",
+            "--output",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert (out / "report.html").is_file() and (out / "model.keras").is_file()
@@ -118,10 +136,25 @@ def test_cli_lfss_on_an_imagenet10_folder_streams_from_the_disk_cache(tmp_path):
     out = tmp_path / "lfss-in10.keras"
     result = CliRunner().invoke(
         cli.cli,
-        ["lfss", "--dataset", "imagenet10", "--data-dir", str(tmp_path / "data"), "--preset", "cpu", "--epochs", "2", *TINY_CLI, "--output", str(out)],
+        [
+            "lfss",
+            "--dataset",
+            "imagenet10",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--preset",
+            "cpu",
+            "--epochs",
+            "2",
+            *TINY_CLI,
+            "--output",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "ResNet-18" in result.output and "k-means on the target embeddings" in result.output
     assert (tmp_path / "data" / "imagenet" / ".deepstab-cache" / "imagenet10-x.npy").is_file()
-    predicted = CliRunner().invoke(cli.cli, ["predict", str(out), "--dataset", "imagenet10", "--data-dir", str(tmp_path / "data")])
+    predicted = CliRunner().invoke(
+        cli.cli, ["predict", str(out), "--dataset", "imagenet10", "--data-dir", str(tmp_path / "data")]
+    )
     assert predicted.exit_code == 0 and "Wrote 20 labels" in predicted.output, predicted.output

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from deepstab.losses import decs_loss, determinacy, size_prior, stability
+from deepstab.methods.losses import decs_loss, determinacy, size_prior, stability
 
 Q = np.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]], dtype=np.float32)
 T = 0.3

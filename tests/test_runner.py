@@ -3,9 +3,9 @@
 import keras
 import pytest
 
-from deepstab.decs import DECS
 from deepstab.errors import DeepstabError
-from deepstab.runner import DECSRun, run_decs, summary
+from deepstab.methods.decs import DECS
+from deepstab.runs.decs import DECSRun, run_decs, summary
 
 
 class _Count(keras.callbacks.Callback):
@@ -30,8 +30,13 @@ def test_interrupted_pretraining_resumes_from_the_backup(tmp_path, blobs_npz, mo
 
     monkeypatch.setattr(DECS, "pretrain", pretrain)
     run = DECSRun(
-        dataset=f"npz:{blobs_npz}", pretrain_epochs=4, pretrain_batch_size=32, iterations=3, batch_size=40,
-        models_dir=str(tmp_path), verbose=0,
+        dataset=f"npz:{blobs_npz}",
+        pretrain_epochs=4,
+        pretrain_batch_size=32,
+        iterations=3,
+        batch_size=40,
+        models_dir=str(tmp_path),
+        verbose=0,
     )
     with pytest.raises(KeyboardInterrupt):
         run_decs(run)
@@ -47,7 +52,12 @@ def test_presets_and_explicit_overrides():
     digits = DECSRun()
     assert (digits.pretrain_epochs, digits.pretrain_batch_size, digits.cluster_epochs) == (30, 32, 60)
     usps = DECSRun(dataset="usps")
-    assert (usps.pretrain_epochs, usps.pretrain_batch_size, usps.iterations, usps.cluster_epochs) == (500, 256, 3000, None)
+    assert (usps.pretrain_epochs, usps.pretrain_batch_size, usps.iterations, usps.cluster_epochs) == (
+        500,
+        256,
+        3000,
+        None,
+    )
     assert DECSRun(dataset="usps", preset="quick").pretrain_epochs == 10
     paper = DECSRun(preset="paper")
     assert (paper.pretrain_epochs, paper.pretrain_batch_size, paper.iterations) == (500, 256, 10000)

@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from deepstab.errors import DeepstabError
-from deepstab.metrics import cluster_accuracy
-from deepstab.report import PICTURES, read_stability_csv, write_report
-from deepstab.stability import (
-    SampleStabilityTracker,
+from deepstab.analysis.measures import (
     accuracy_by_stability,
     correct_under_mapping,
     extreme_samples,
     recurrence,
     stability_bins,
 )
+from deepstab.analysis.report import PICTURES, read_stability_csv, write_report
+from deepstab.analysis.tracker import SampleStabilityTracker
+from deepstab.errors import DeepstabError
+from deepstab.metrics import cluster_accuracy
 
 
 def _fit_with(tracker, epochs=4, n=50):
@@ -81,7 +81,10 @@ def test_accuracy_by_stability_uses_the_hungarian_mapping():
     assert [b["accuracy"] for b in table["bins"]] == [0.5, 1.0, 1.0, 1.0, 1.0]
     assert [b["count"] for b in table["bins"]] == [4] * 5
     unlabelled = accuracy_by_stability(stability, confidence=np.linspace(0.5, 1, 20), bins=5)
-    assert unlabelled["measure"] == "confidence" and unlabelled["bins"][0]["confidence"] < unlabelled["bins"][-1]["confidence"]
+    assert (
+        unlabelled["measure"] == "confidence"
+        and unlabelled["bins"][0]["confidence"] < unlabelled["bins"][-1]["confidence"]
+    )
     with pytest.raises(DeepstabError, match="needs labels"):
         accuracy_by_stability(stability)
 
@@ -123,7 +126,7 @@ def test_tracker_rejects_bad_settings():
     with pytest.raises(DeepstabError, match="every must be a positive"):
         SampleStabilityTracker(np.zeros((4, 2)), every=0)
     with pytest.raises(DeepstabError, match="No stability recorded"):
-        SampleStabilityTracker(np.zeros((4, 2))).stability
+        _ = SampleStabilityTracker(np.zeros((4, 2))).stability
     with pytest.raises(DeepstabError, match="bins must be an integer"):
         stability_bins(np.arange(10.0), bins=1)
 

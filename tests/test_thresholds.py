@@ -3,7 +3,7 @@ import pytest
 from keras import ops
 from skimage.filters import threshold_otsu
 
-from deepstab.thresholds import otsu_threshold
+from deepstab.nn.otsu import otsu_threshold
 
 
 @pytest.mark.parametrize("seed", range(5))

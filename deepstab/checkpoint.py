@@ -1,0 +1,135 @@
+"""Checkpoints that let a killed training run go on where it stopped.
+
+A checkpoint is a folder holding the model's weights with its optimizer state
+(``weights.weights.h5``), the per-sample or Python-side state a method keeps outside its
+weights (``state.npz``, from ``model.training_state()``), and ``checkpoint.json``: the number
+of finished epochs and the settings of the run that wrote it. Each file is written under a
+temporary name and renamed; ``checkpoint.json`` is written last, so a checkpoint without it,
+or whose files cannot be read, is refused with an error that names the folder.
+
+Invariants:
+
+- :meth:`Checkpoint.restore` loads a checkpoint only into a run with the same settings (the
+  ``settings`` given to the constructor); a difference is named in the error.
+- Nothing is deleted until the caller says the run's results are saved (:meth:`remove`).
+
+Example:
+
+>>> import numpy as np, keras, tempfile
+>>> from deepstab.checkpoint import Checkpoint
+>>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+>>> model.compile(optimizer="adam", loss="mse")
+>>> folder = tempfile.mkdtemp()
+>>> x, y = np.ones((8, 3)), np.ones((8, 1))
+>>> _ = model.fit(x, y, epochs=2, verbose=0, callbacks=[Checkpoint(folder, {"lr": 1e-3})])
+>>> Checkpoint(folder, {"lr": 1e-3}).restore(model)  # the next epoch to run
+2
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from deepstab.errors import DeepstabError
+from deepstab.io import atomic_path
+
+WEIGHTS = "weights.weights.h5"
+STATE = "state.npz"
+METADATA = "checkpoint.json"
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Save the training state into ``folder`` after every ``every``-th epoch (and after the
+    last one); :meth:`restore` loads it into a model before ``fit`` resumes at the epoch it returns.
+
+    Args:
+        folder: where the checkpoint lives (created when first written).
+        settings: the run's settings (JSON-ready); a checkpoint of other settings is refused.
+        every: save every this many epochs.
+    """
+
+    def __init__(self, folder: str | os.PathLike, settings: dict | None = None, every: int = 1):
+        super().__init__()
+        self.folder = Path(folder)
+        self.settings = json.loads(json.dumps(settings or {}, default=str))
+        self.every = max(int(every), 1)
+
+    @property
+    def exists(self) -> bool:
+        """Whether a checkpoint (complete or not) is in the folder."""
+        return self.folder.is_dir() and any(self.folder.iterdir())
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = epoch + 1 == self.params.get("epochs")
+        if (epoch + 1) % self.every == 0 or last:
+            self.save(self.model, epoch + 1)
+
+    def save(self, model: keras.Model, epochs_done: int) -> None:
+        """Write the state after ``epochs_done`` epochs; the metadata last, as the commit."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.folder / WEIGHTS) as partial:
+            model.save_weights(partial)
+        state = model.training_state() if hasattr(model, "training_state") else {}
+        with atomic_path(self.folder / STATE) as partial:
+            np.savez(partial, **state)
+        with atomic_path(self.folder / METADATA) as partial:
+            partial.write_text(json.dumps({"epoch": int(epochs_done), "settings": self.settings}, indent=1))
+
+    def _metadata(self) -> dict:
+        try:
+            metadata = json.loads((self.folder / METADATA).read_text())
+            return {"epoch": int(metadata["epoch"]), "settings": dict(metadata["settings"])}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise self._damaged(f"{METADATA} is missing or unreadable ({type(exc).__name__})") from exc
+
+    def _damaged(self, what: str) -> DeepstabError:
+        return DeepstabError(
+            f"The checkpoint in {self.folder} cannot be used: {what}. It was probably left by a run killed "
+            f"while writing it. Delete the folder (or pass --fresh) to start the run over."
+        )
+
+    def difference(self) -> str | None:
+        """The first setting in which the saved checkpoint differs from this run, as text."""
+        saved = self._metadata()["settings"]
+        for key in sorted(set(saved) | set(self.settings)):
+            if saved.get(key) != self.settings.get(key):
+                return f"{key} is {saved.get(key)!r} there and {self.settings.get(key)!r} here"
+        return None
+
+    def restore(self, model: keras.Model) -> int:
+        """Load the checkpoint into ``model`` (built and compiled) and return the number of
+        finished epochs, the ``initial_epoch`` for ``fit``; 0 when there is no checkpoint."""
+        if not self.exists:
+            return 0
+        epoch = self._metadata()["epoch"]
+        changed = self.difference()
+        if changed:
+            raise DeepstabError(
+                f"The checkpoint in {self.folder} belongs to a run with other settings ({changed}). Run the "
+                f"original command to resume it, or pass --fresh (or delete the folder) to start this one over."
+            )
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Keras warns about optimizer slots it fills itself
+                model.load_weights(self.folder / WEIGHTS)
+            with np.load(self.folder / STATE, allow_pickle=False) as archive:
+                state = {key: archive[key] for key in archive.files}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            raise self._damaged(f"its files are unreadable ({type(exc).__name__}: {str(exc)[:120]})") from exc
+        if hasattr(model, "restore_training_state"):
+            model.restore_training_state(state)
+        return epoch
+
+    def remove(self) -> None:
+        """Delete the checkpoint (once the run's results are saved)."""
+        shutil.rmtree(self.folder, ignore_errors=True)

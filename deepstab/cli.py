@@ -1,0 +1,153 @@
+"""The command line: ``python cli.py --help``, ``python -m deepstab --help`` or ``deepstab --help``.
+
+Thin by design: each command builds its run settings from the options (generated from the
+settings dataclasses, :mod:`deepstab.runs.settings`), calls the run, and prints its summary.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+
+import click
+
+import deepstab
+from deepstab import datasets
+from deepstab.errors import DeepstabError, DeepstabNote
+from deepstab.runs.centroid import CentroidRun, run_centroid
+from deepstab.runs.centroid import summary as centroid_summary
+from deepstab.runs.common import format_metrics
+from deepstab.runs.decs import DECSRun, run_decs, summary
+from deepstab.runs.lfss import LFSSRun, run_lfss
+from deepstab.runs.lfss import summary as lfss_summary
+from deepstab.runs.predict import run_predict
+from deepstab.runs.settings import RunSettings, click_options
+from deepstab.runs.stability import StabilityRun, run_stability
+
+
+def friendly_errors(command):
+    """Print a DeepstabError as one paragraph and exit with status 2, without a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except DeepstabError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def show_notes(verbose: bool) -> None:
+    """Print deepstab's notes as one plain line each; other libraries' warnings only when
+    ``verbose``, in Python's usual form."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DeepstabNote):
+            click.echo(f"Note: {message}")
+        elif verbose:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    warnings.simplefilter("always" if verbose else "default", DeepstabNote)
+    if not verbose:
+        warnings.filterwarnings("ignore", category=Warning)
+        warnings.filterwarnings("default", category=DeepstabNote)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(deepstab.__version__, prog_name="deepstab")
+@click.option("-v", "--verbose", is_flag=True, help="Also show other libraries' warnings.")
+def cli(verbose):
+    """deepstab: deep clustering of images driven by sample stability."""
+    show_notes(verbose)
+
+
+@cli.command()
+@click_options(DECSRun)
+@friendly_errors
+def decs(**options):
+    """Cluster a dataset with DECS (IJCAI 2024): pretrain (or reuse) the autoencoder, cluster, evaluate, save."""
+    run = DECSRun(**options)
+    click.echo(summary(run, run_decs(run)))
+
+
+@cli.command()
+@click_options(LFSSRun)
+@friendly_errors
+def lfss(**options):
+    """Train LFSS (ICML 2025) on a dataset, cluster its target embeddings with k-means, evaluate, save."""
+    run = LFSSRun(**options)
+    click.echo(lfss_summary(run, run_lfss(run)))
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click_options(RunSettings, only=("dataset", "data_dir"), required=("dataset",))
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="CSV file for the labels. [default: MODEL with .keras replaced by -<dataset>.csv]",
+)
+@friendly_errors
+def predict(model_path, dataset, data_dir, output):
+    """Label a dataset with a saved DECS, DEC, IDEC, DCN or LFSS model; prints ACC/NMI/ARI when the data has labels."""
+    prediction = run_predict(model_path, dataset, data_dir, output)
+    if prediction.metrics:
+        click.echo(format_metrics(prediction.metrics))
+    click.echo(f"Cluster sizes: {prediction.sizes['counts']}")
+    click.echo(f"Wrote {len(prediction.labels)} labels to {prediction.labels_path}")
+
+
+@cli.command()
+@click_options(StabilityRun)
+@friendly_errors
+def stability(**options):
+    """Train while tracking each sample's stability between epochs; report which samples are atypical."""
+    report = run_stability(StabilityRun(**options))
+    rec = report["recurrence"]
+    click.echo(f"Least stable {rec['share']:.0%} at c of the epochs {rec['epochs']} (observed / random):")
+    click.echo("  " + "  ".join(f"{r['times']}: {r['observed']} / {r['random']:.1f}" for r in rec["rows"]))
+    table = report.get("accuracy_by_stability")
+    if table:
+        measure = table["measure"]
+        bins = " ".join(f"{b[measure]:.3f}" for b in table["bins"])
+        click.echo(f"{measure.capitalize()} by stability bin (least to most stable): {bins}")
+    click.echo(f"Wrote {', '.join(report['files'])} to {options['output']}")
+
+
+def _centroid_command(method: str, title: str):
+    """``dec``, ``idec`` and ``dcn``: the options of :class:`CentroidRun` that the method takes."""
+
+    @friendly_errors
+    def command(**options):
+        run = CentroidRun(method=method, **options)
+        click.echo(centroid_summary(run, run_centroid(run)))
+
+    command.__doc__ = (
+        f"Cluster a dataset with {title} on the feed-forward autoencoder, optionally with BRB; evaluate, save."
+    )
+    return cli.command(name=method)(click_options(CentroidRun, method)(command))
+
+
+dec = _centroid_command("dec", "DEC (ICML 2016)")
+idec = _centroid_command("idec", "IDEC (IJCAI 2017)")
+dcn = _centroid_command("dcn", "DCN (ICML 2017)")
+
+
+@cli.command(name="datasets")
+@click_options(RunSettings, only=("data_dir",))
+@friendly_errors
+def list_datasets(data_dir):
+    """List every dataset name, its image shape, its source and whether it is available now."""
+    rows = datasets.describe(data_dir)
+    widths = {key: max(len(key), *(len(r[key]) for r in rows)) for key in ("name", "shape")}
+    for row in rows:
+        click.echo(
+            f"{row['name']:<{widths['name']}}  {row['shape']:<{widths['shape']}}  {row['available']}"
+            f"\n    {row['source']}"
+        )

@@ -1,0 +1,1 @@
+"""The clustering methods: DECS, DEC/IDEC/DCN, BRB and LFSS."""

@@ -1,0 +1,145 @@
+"""DECS: deep embedding clustering driven by sample stability (Cheng et al., IJCAI 2024).
+
+Stage 1 pretrains a convolutional autoencoder on augmented images with MSE
+(:class:`~deepstab.nn.autoencoders.ConvAutoencoder`, DECS §3.1). Stage 2 (:class:`DECS`)
+initialises the centroids with k-means on the embeddings and trains encoder and centroids with
+the stability loss: Student-t soft assignments ``q`` (Eq. 5), Otsu's threshold ``t`` of the
+batch's ``q`` (no gradient, §3.3), determinacy (Eq. 6), stability (Eq. 7) and
+``L_c = 1 - mean_i s_i`` (Eq. 8), plus optional terms.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from deepstab import checks
+from deepstab.methods.base import CentroidClusterer
+from deepstab.methods.collapse import COLLAPSE_ACTIONS, CollapseGuard
+from deepstab.methods.losses import VARIANTS, decs_loss, size_prior
+from deepstab.nn.autoencoders import ConvAutoencoder
+from deepstab.nn.networks import DEFAULT_FILTERS
+from deepstab.nn.otsu import otsu_threshold
+from deepstab.nn.steps import apply_gradients, images_of
+
+
+@keras.saving.register_keras_serializable(package="deepstab")
+class DECS(CentroidClusterer):
+    """DECS clustering model: encoder + Student-t centroids, trained with the stability loss.
+
+    ``model.predict(x)`` returns soft assignments ``q``; :meth:`predict_labels`
+    returns ``argmax_j q_ij``. :meth:`fit` adds a :class:`~deepstab.methods.collapse.CollapseGuard`
+    on the training images unless the caller passes one; it is kept as ``collapse_guard``.
+
+    Args:
+        n_clusters: number of clusters K.
+        input_shape: image shape (H, W, C).
+        embedding_dim, filters, shift, rotation: see :class:`ConvAutoencoder`.
+        alpha: Student-t degrees of freedom α (Eq. 5; paper 1.0, authors' code 0.5).
+        variant: ``"paper"`` (Eqs. 6-8) or ``"reference"`` (the authors' released code).
+        lam: λ of Eq. 7; ``None`` takes the variant's default (0.8 paper, 0.4 reference).
+        recon_weight: weight of the reconstruction term ``L_r`` of Eq. 1 in stage 2
+            (0 drops it, as the authors' code does).
+        size_prior: weight of ``KL(mean q || uniform)``, an optional guard against
+            collapse that is not part of DECS (0 disables).
+        nbins: histogram bins for Otsu's threshold (authors' code: 1000).
+        on_collapse: what :meth:`fit` does when a cluster empties or shrinks below
+            ``collapse_share`` of an even share: ``"fallback"`` (restore the last
+            healthy weights, go on with the size prior), ``"restore"`` (restore and
+            stop), ``"stop"`` or ``"warn"`` (see :class:`deepstab.methods.collapse.CollapseGuard`).
+        collapse_share: the shrinking threshold, relative to ``1 / K``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.random.rand(64, 8, 8, 1).astype("float32")
+    >>> model = DECS(n_clusters=3, input_shape=(8, 8, 1), filters=(4, 4, 4, 4))
+    >>> _ = model.pretrain(x, epochs=1, verbose=0)
+    >>> model.compile(optimizer="adam")
+    >>> _ = model.fit(x, epochs=1, batch_size=32, verbose=0)  # k-means initialisation first
+    >>> model.predict_labels(x).shape
+    (64,)
+    """
+
+    def __init__(
+        self,
+        n_clusters: int,
+        input_shape: tuple[int, int, int],
+        embedding_dim: int = 10,
+        filters: tuple[int, ...] = DEFAULT_FILTERS,
+        alpha: float = 1.0,
+        variant: str = "paper",
+        lam: float | None = None,
+        recon_weight: float = 0.0,
+        size_prior: float = 0.0,
+        nbins: int = 1000,
+        shift: float = 0.1,
+        rotation: float = 10.0,
+        on_collapse: str = "fallback",
+        collapse_share: float = 0.25,
+        **kwargs,
+    ):
+        settings = {
+            "on_collapse": checks.choice("on_collapse", on_collapse, COLLAPSE_ACTIONS),
+            "collapse_share": checks.in_range("collapse_share", collapse_share, 0.0, 1.0, high_open=True),
+            "variant": checks.choice("variant", variant, VARIANTS),
+            "lam": None if lam is None else checks.non_negative("lam", lam),
+            "recon_weight": checks.non_negative("recon_weight", recon_weight),
+            "size_prior_weight": checks.non_negative("size_prior", size_prior),
+            "nbins": checks.positive_int("nbins", nbins),
+        }
+        super().__init__(
+            n_clusters, ConvAutoencoder(input_shape, embedding_dim, filters, shift, rotation), alpha, **kwargs
+        )
+        for name, value in settings.items():
+            setattr(self, name, value)
+        self.collapse_guard: CollapseGuard | None = None
+        self.threshold_tracker = keras.metrics.Mean(name="threshold")
+        self.built = True
+
+    def training_callbacks(self, x, callbacks: list) -> list:
+        """A :class:`CollapseGuard` on ``x`` unless ``callbacks`` holds one."""
+        guards = [c for c in callbacks if isinstance(c, CollapseGuard)]
+        added = []
+        if not guards and isinstance(x, np.ndarray):
+            guards = added = [CollapseGuard(x, self.n_clusters, self.collapse_share, self.on_collapse)]
+        self.collapse_guard = guards[0] if guards else None
+        return added
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.threshold_tracker]
+
+    def _clustering_variables(self) -> list:
+        variables = self.encoder.trainable_weights + self.clustering.trainable_weights
+        return variables + self.autoencoder.decoder.trainable_weights if self.recon_weight else variables
+
+    def train_step(self, data):
+        """One clustering iteration of DECS on an augmented batch."""
+        x = self.autoencoder.augmented(images_of(data))
+        z = self.encoder(x, training=True)
+        q = self.clustering(z)  # Eq. 5
+        t = otsu_threshold(q, self.nbins, value_range=(0.0, 1.0))  # constant threshold
+        loss = decs_loss(q, t, self.variant, self.lam)  # Eqs. 6-8
+        if self.recon_weight:  # Eq. 1: L = L_r + L_c
+            loss = loss + self.recon_weight * ops.mean(ops.square(self.autoencoder.decoder(z, training=True) - x))
+        if self.size_prior_weight:
+            loss = loss + self.size_prior_weight * size_prior(q)
+        apply_gradients(self, loss, self._clustering_variables())
+        self.loss_tracker.update_state(loss)
+        self.threshold_tracker.update_state(t)
+        return self.get_metrics_result()
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.autoencoder.filters,
+            "variant": self.variant,
+            "lam": self.lam,
+            "recon_weight": self.recon_weight,
+            "size_prior": self.size_prior_weight,
+            "nbins": self.nbins,
+            "on_collapse": self.on_collapse,
+            "collapse_share": self.collapse_share,
+        }

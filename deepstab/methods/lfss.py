@@ -1,0 +1,436 @@
+"""LFSS: learning from sample stability for deep clustering (ICML 2025).
+
+A BYOL-style network (LFSS §3.2, Algorithm 1): the online encoder ``f_o`` (ResNet backbone and
+projector MLP) and predictor ``h`` are trained; the target ``f_t`` is their
+exponential moving average; the predecessor ``f_p`` is the target as it was at the
+end of the previous epoch. Per step, on two SimCLR views ``x^o, x^t`` of a batch:
+
+- ``L_S`` (Eq. 9): ``2 - 2 cos(f_t(x^t), h(f_o(x^o) + σξ))``, symmetrised over the views
+  (the sum of both directions, as BYOL);
+- ``L_I`` (Eq. 4): NT-Xent between ``f_o(x)`` and ``f_p(x)`` of the same view;
+- ``L_C`` (Eqs. 5-8), after the warm-up of ``eta`` epochs: NT-Xent between the cluster
+  centres of online and target embeddings, over the samples of the batch that are not
+  among the ``delta`` least stable (stability ``cos(f_t(x), f_p(x))``), with the
+  clusters from k-means on the target embeddings, refreshed every epoch;
+- total (Eq. 10): ``L_S + λ (L_I + L_C)``.
+
+In the train step the target and the predecessor (frozen: only the online network
+and the predictor learn) normalise with the statistics of the batch, as BYOL's
+target does, without touching their moving statistics; those, averaged by the EMA
+like every other weight, serve the embeddings, so each network stays a function of
+its weights. With inference-mode normalisation in the step instead, a CPU-sized run
+on CIFAR-10 learned far less (docs/results.md, "LFSS"). ``base="simclr"`` and ``base="moco"``
+replace ``L_S`` by their own loss (Table 6); ``stability=False`` switches ``L_I`` and
+``L_C`` off.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import torch
+from keras import ops
+
+from deepstab import checks
+from deepstab.analysis.measures import cosine_stability
+from deepstab.datasets.store import to_unit_float
+from deepstab.datasets.streaming import indexed_batches
+from deepstab.errors import DeepstabError
+from deepstab.methods.lfss_callbacks import LFSSEpochEnd
+from deepstab.methods.losses import byol_loss, cluster_loss, info_nce, nt_xent
+from deepstab.metrics import evaluate
+from deepstab.nn.augment import SimCLRAugment
+from deepstab.nn.constants import like
+from deepstab.nn.kmeans import kmeans
+from deepstab.nn.layers import FusedBatchNormalization
+from deepstab.nn.networks import RESNETS, build_mlp, build_resnet
+from deepstab.nn.steps import apply_gradients, images_of
+
+BASES = ("byol", "simclr", "moco")
+
+
+def lfss_optimizer(lr: float = 0.05, total_steps: int = 1000, momentum: float = 0.9) -> keras.optimizers.Optimizer:
+    """SGD with momentum and cosine decay per iteration (LFSS §4.1); weight decay is added
+    to the gradients by :class:`LFSSModel` (as PyTorch's SGD does)."""
+    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(int(total_steps), 1))
+    return keras.optimizers.SGD(schedule, momentum=momentum)
+
+
+@keras.saving.register_keras_serializable(package="deepstab")
+class LFSSModel(keras.Model):
+    """LFSS (ICML 2025) as a ``keras.Model``: ``compile()``, then ``fit(x, epochs=...)``.
+
+    Args:
+        input_shape: (H, W, C) of the images (NHWC floats in [0, 1]).
+        n_clusters: K, for the k-means pseudo-labels and :meth:`predict_labels`.
+        depth: ResNet depth, 18, 34 or 50.
+        width: channel multiplier of the ResNet (1.0 is the standard network).
+        hidden, dim: hidden size and output size of projector and predictor (4096, 256).
+        base: ``"byol"`` (LFSS proper), ``"simclr"`` or ``"moco"`` (Table 6).
+        stability: add ``L_I`` and ``L_C``; ``False`` gives the plain base method.
+        eta: warm-up epochs before ``L_C`` (η).
+        sigma: noise on the online projection before the predictor (σ, Eq. 9).
+        delta: share of least stable samples left out of ``L_C`` (δ).
+        lam: weight λ of ``L_I + L_C`` (Eq. 10).
+        tau: NT-Xent temperature τ.
+        momentum: EMA momentum of the target.
+        weight_decay: L2 weight decay added to the gradients.
+        predictor_lr_scale: learning-rate multiplier of the predictor (10, as the authors).
+        mean, std: per-channel normalisation applied after augmentation.
+        queue_size: MoCo's queue of negatives.
+        seed: seed of the augmentation.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).random((32, 16, 16, 3), dtype="float32")
+    >>> model = LFSSModel((16, 16, 3), n_clusters=2, width=0.0625, hidden=16, dim=8, eta=1)
+    >>> model.compile()
+    >>> _ = model.fit(x, epochs=2, batch_size=16, verbose=0)
+    >>> model.embed(x).shape, model.cluster_active
+    ((32, 8), True)
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        n_clusters: int,
+        depth: int = 18,
+        width: float = 1.0,
+        hidden: int = 4096,
+        dim: int = 256,
+        base: str = "byol",
+        stability: bool = True,
+        eta: int = 200,
+        sigma: float = 0.001,
+        delta: float = 0.1,
+        lam: float = 0.1,
+        tau: float = 0.5,
+        momentum: float = 0.996,
+        weight_decay: float = 5e-4,
+        predictor_lr_scale: float = 10.0,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        queue_size: int = 4096,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        checks.choice("base", base, BASES)
+        checks.choice("depth", depth, tuple(RESNETS))
+        n_clusters = checks.n_clusters("n_clusters", n_clusters)
+        checks.in_range("delta (the share of unstable samples left out)", delta, 0.0, 1.0, high_open=True)
+        checks.in_range("momentum", momentum, 0.0, 1.0)
+        checks.non_negative_int("eta", eta)
+        checks.positive("tau", tau)
+        checks.non_negative("sigma", sigma)
+        checks.non_negative("lam", lam)
+        checks.non_negative("weight_decay", weight_decay)
+        checks.positive_int("hidden", hidden)
+        checks.positive_int("dim", dim)
+        self.image_shape = tuple(int(s) for s in input_shape)
+        channels = self.image_shape[-1]
+        self.n_clusters, self.depth, self.width, self.hidden, self.dim = (
+            int(n_clusters),
+            int(depth),
+            float(width),
+            int(hidden),
+            int(dim),
+        )
+        self.base, self.use_stability, self.eta = base, bool(stability), int(eta)
+        self.sigma, self.delta, self.lam, self.tau = float(sigma), float(delta), float(lam), float(tau)
+        self.momentum, self.weight_decay, self.predictor_lr_scale = (
+            float(momentum),
+            float(weight_decay),
+            float(predictor_lr_scale),
+        )
+        self.mean = tuple(float(m) for m in (mean if mean is not None else [0.5] * channels))
+        self.std = tuple(float(s) for s in (std if std is not None else [0.25] * channels))
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise DeepstabError(
+                f"mean and std need one value per channel ({channels}), got {self.mean} and {self.std}."
+            )
+        self.queue_size, self.seed = int(queue_size), seed
+
+        self.augment = SimCLRAugment(seed=seed)
+        self.online = self._encoder("online")
+        self.target = self._encoder("target")
+        self.predecessor = self._encoder("predecessor")
+        for frozen in (self.target, self.predecessor):
+            frozen.trainable = False
+            for layer in frozen._flatten_layers(include_self=False):
+                if isinstance(layer, FusedBatchNormalization):
+                    layer.frozen_batch_statistics = True
+        self.predictor = build_mlp(self.dim, self.hidden, self.dim, name="predictor") if base == "byol" else None
+        if base == "moco":
+            self.queue = self.add_weight(
+                shape=(self.queue_size, self.dim), initializer="random_normal", trainable=False, name="queue"
+            )
+            self.queue_pointer = self.add_weight(
+                shape=(), initializer="zeros", dtype="int64", trainable=False, name="queue_pointer"
+            )
+        self.copy_online_to_target()
+        self.copy_target_to_predecessor()
+        # Per-sample state of L_C, set by LFSSEpochEnd after the warm-up (kept in checkpoints).
+        self.pseudo_labels: torch.Tensor | None = None
+        self.keep: torch.Tensor | None = None
+        self._predictor_ids = {id(v) for v in (self.predictor.trainable_weights if self.predictor else [])}
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "l_s", "l_i", "l_c")}
+        self.built = True
+
+    # ---------------------------------------------------------------- networks
+
+    def _encoder(self, name: str) -> keras.Model:
+        backbone = build_resnet(self.image_shape, self.depth, self.width, name=f"{name}_backbone")
+        projector = build_mlp(backbone.output_shape[-1], self.hidden, self.dim, name=f"{name}_projector")
+        inputs = keras.Input(self.image_shape)
+        return keras.Model(inputs, projector(backbone(inputs)), name=name)
+
+    def normalise(self, x):
+        return (x - like(self.mean, x)) / like(self.std, x)
+
+    def call(self, x, training=False):
+        """Target embeddings ``f_t(x)`` of un-augmented images."""
+        return self.target(self.normalise(ops.convert_to_tensor(x)), training=False)
+
+    def copy_online_to_target(self) -> None:
+        _copy_weights(self.online, self.target)
+
+    def copy_target_to_predecessor(self) -> None:
+        """``f_p ← f_t``: done at the end of every epoch (LFSS §3.2)."""
+        _copy_weights(self.target, self.predecessor)
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """EMA: ``θ_t ← m θ_t + (1 - m) θ_o`` for every weight."""
+        m = self.momentum
+        for t, o in zip(self.target.weights, self.online.weights):
+            if t.dtype.startswith("float"):
+                t.value.mul_(m).add_(o.value, alpha=1.0 - m)
+            else:
+                t.assign(o.value)
+
+    # ------------------------------------------------------------------- fit
+
+    @property
+    def metrics(self):
+        return list(self.loss_trackers.values())
+
+    @property
+    def cluster_active(self) -> bool:
+        """Whether ``L_C`` is on (pseudo-labels exist, after the warm-up)."""
+        return self.use_stability and self.pseudo_labels is not None
+
+    def compile(self, optimizer=None, lr: float = 0.05, total_steps: int | None = None, **kwargs):
+        """Compile; without ``optimizer``, :meth:`fit` builds SGD with cosine decay over
+        its own number of steps (``lr`` 0.05 at batch 256, LFSS §4.1)."""
+        self._default_lr = float(lr)
+        self._needs_optimizer = optimizer is None and total_steps is None
+        if optimizer is None:
+            optimizer = lfss_optimizer(lr, total_steps or 1)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def get_compile_config(self):
+        return {"lr": getattr(self, "_default_lr", 0.05)}
+
+    def compile_from_config(self, config):
+        self.compile(lr=config.get("lr", 0.05))
+        self.optimizer.build(self.trainable_variables_of_step())  # so the saved optimizer state loads
+
+    def fit(
+        self,
+        x=None,
+        y=None,
+        batch_size: int = 256,
+        epochs: int = 1,
+        callbacks=None,
+        shuffle: bool = True,
+        **kwargs,
+    ):
+        """``keras.Model.fit`` on an image array (or an :class:`IndexedImages`), with the
+        epoch-end work of LFSS (predecessor copy, k-means, stability) as the first callback
+        (a :class:`~deepstab.checkpoint.Checkpoint` after it makes the run resumable)."""
+        data = indexed_batches(x, self.image_shape, self.n_clusters, batch_size, shuffle, self.seed, "LFSSModel.fit")
+        if getattr(self, "_needs_optimizer", False):
+            steps = len(data) * (epochs - kwargs.get("initial_epoch", 0))
+            super().compile(optimizer=lfss_optimizer(self._default_lr, steps))
+            self._needs_optimizer = False
+        callbacks = list(callbacks or [])
+        if not any(isinstance(c, LFSSEpochEnd) for c in callbacks):
+            callbacks.insert(0, LFSSEpochEnd(data.x))
+        return super().fit(data, epochs=epochs, callbacks=callbacks, **kwargs)
+
+    # ------------------------------------------------------------ train step
+
+    def _noisy(self, z):
+        return z + self.sigma * keras.random.normal(ops.shape(z)) if self.sigma else z
+
+    def _base_loss(self, z1, z2, t1, t2):
+        """L_S (Eq. 9) for BYOL; SimCLR's NT-Xent or MoCo's InfoNCE for the Table 6 variants."""
+        if self.base == "simclr":
+            return nt_xent(z1, z2, self.tau)
+        if self.base == "byol":
+            p1, p2 = self.predictor(self._noisy(z1), training=True), self.predictor(self._noisy(z2), training=True)
+            return byol_loss(p1, t2) + byol_loss(p2, t1)
+        queue = self.queue.value.detach()
+        loss = info_nce(z1, t2, queue, self.tau) + info_nce(z2, t1, queue, self.tau)
+        self._enqueue(ops.concatenate([t1, t2], axis=0))
+        return loss
+
+    @torch.no_grad()
+    def _enqueue(self, keys):
+        n = int(keys.shape[0])
+        start = int(self.queue_pointer.value)
+        rows = (torch.arange(n, device=keys.device) + start) % self.queue_size
+        self.queue.value[rows] = keys[: self.queue_size]
+        self.queue_pointer.assign((start + n) % self.queue_size)
+
+    def _grad_transform(self, grads, variables):
+        """PyTorch-style L2 weight decay, and the predictor's 10x learning rate."""
+        out = []
+        for g, v in zip(grads, variables):
+            g = g + self.weight_decay * v.value if self.weight_decay else g
+            out.append(g * self.predictor_lr_scale if id(v) in self._predictor_ids else g)
+        return out
+
+    def trainable_variables_of_step(self) -> list:
+        """Only the online network and the predictor learn."""
+        return self.online.trainable_weights + (self.predictor.trainable_weights if self.predictor else [])
+
+    def train_step(self, data):
+        """One LFSS iteration (Algorithm 1): Eq. 10 on two views, then the EMA update."""
+        images = ops.convert_to_tensor(images_of(data))
+        x1 = self.normalise(self.augment(images, training=True))  # x^o
+        x2 = self.normalise(self.augment(images, training=True))  # x^t
+        z1, z2 = self.online(x1, training=True), self.online(x2, training=True)
+        t1 = t2 = None
+        if self.base != "simclr" or self.cluster_active:
+            with torch.no_grad():
+                t1, t2 = self.target(x1, training=True), self.target(x2, training=True)
+        l_s = self._base_loss(z1, z2, t1, t2)
+        l_i = l_c = ops.zeros(())
+        if self.use_stability:
+            with torch.no_grad():
+                p1, p2 = self.predecessor(x1, training=True), self.predecessor(x2, training=True)
+            l_i = (nt_xent(z1, p1, self.tau) + nt_xent(z2, p2, self.tau)) / 2  # Eq. 4
+            if self.cluster_active:  # Eq. 8, after the warm-up
+                index = ops.convert_to_tensor(data[1])
+                labels, keep = self.pseudo_labels[index], self.keep[index]
+                l_c = cluster_loss(z1, t2, labels, keep, self.n_clusters, self.tau)
+                l_c = (l_c + cluster_loss(z2, t1, labels, keep, self.n_clusters, self.tau)) / 2
+        loss = l_s + self.lam * (l_i + l_c)  # Eq. 10
+        apply_gradients(self, loss, self.trainable_variables_of_step(), self._grad_transform)
+        self.update_target()
+        for name, value in (("loss", loss), ("l_s", l_s), ("l_i", l_i), ("l_c", l_c)):
+            self.loss_trackers[name].update_state(value)
+        return self.get_metrics_result()
+
+    # ----------------------------------------------------- embed and cluster
+
+    def embed(self, x, batch_size: int = 512) -> np.ndarray:
+        """Target embeddings ``f_t(x)`` of un-augmented images (float in [0, 1] or uint8,
+        possibly memory-mapped: read batch by batch), as a NumPy array."""
+        return self._embed_with(self.target, x, batch_size)
+
+    def predecessor_embed(self, x, batch_size: int = 512) -> np.ndarray:
+        """Predecessor embeddings ``f_p(x)``, as :meth:`embed`."""
+        return self._embed_with(self.predecessor, x, batch_size)
+
+    @torch.no_grad()
+    def _embed_with(self, network: keras.Model, x, batch_size: int) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        out = []
+        for start in range(0, len(x), batch_size):
+            batch = self.normalise(ops.convert_to_tensor(to_unit_float(np.asarray(x[start : start + batch_size]))))
+            out.append(ops.convert_to_numpy(network(batch, training=False)))
+        return np.concatenate(out)
+
+    def predict_clusters(self, x) -> tuple[np.ndarray, None]:
+        """Hard labels of ``x`` (:meth:`predict_labels`) and no confidence: k-means gives none."""
+        return self.predict_labels(x), None
+
+    def predict_labels(self, x, seed: int | None = 0, embeddings: np.ndarray | None = None) -> np.ndarray:
+        """k-means (K = ``n_clusters``) on the target embeddings of ``x``."""
+        z = self.embed(x) if embeddings is None else embeddings
+        return kmeans(_unit(z), self.n_clusters, n_init=10, seed=seed)[1]
+
+    def evaluate_clustering(self, x, y, runs: int = 10, embeddings: np.ndarray | None = None) -> dict[str, float]:
+        """ACC/NMI/ARI of k-means on the target embeddings, mean and std over ``runs`` seeds
+        (the paper averages 10 k-means runs). Only labelled samples are clustered and scored
+        (label ``-1`` marks unlabelled ones, as STL-10's extra split)."""
+        z = self.embed(x) if embeddings is None else embeddings
+        labelled = np.asarray(y) >= 0
+        z, y = z[labelled], np.asarray(y)[labelled]
+        scores = [evaluate(y, self.predict_labels(None, seed=s, embeddings=z)) for s in range(runs)]
+        out = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+        out.update({f"{k}_std": float(np.std([s[k] for s in scores])) for k in scores[0]})
+        return out
+
+    def refresh_pseudo_labels(self, x, seed: int | None = 0) -> np.ndarray:
+        """LFSS Eqs. 5-7 bookkeeping: stability ``cos(f_t(x), f_p(x))`` of every sample, k-means
+        labels on ``f_t``, and the keep mask without the ``delta`` least stable. Returns the stability."""
+        z_t = self.embed(x)
+        stability = cosine_stability(z_t, self.predecessor_embed(x))
+        labels = self.predict_labels(x, seed=seed, embeddings=z_t)
+        n_drop = int(math.floor(self.delta * len(x)))
+        keep = np.ones(len(x), bool)
+        keep[np.argsort(stability, kind="stable")[:n_drop]] = False
+        self.set_cluster_state(labels, keep)
+        return stability
+
+    def training_state(self) -> dict[str, np.ndarray]:
+        """The per-sample state of ``L_C`` (pseudo-labels and keep mask), for checkpoints."""
+        if self.pseudo_labels is None:
+            return {}
+        return {"labels": ops.convert_to_numpy(self.pseudo_labels), "keep": ops.convert_to_numpy(self.keep)}
+
+    def restore_training_state(self, state: dict[str, np.ndarray]) -> None:
+        """Put back what :meth:`training_state` returned."""
+        if "labels" in state:
+            self.set_cluster_state(state["labels"], state["keep"])
+
+    def set_cluster_state(self, labels: np.ndarray, keep: np.ndarray) -> None:
+        """Set the per-sample pseudo-labels and keep mask that ``L_C`` uses."""
+        self.pseudo_labels = torch.as_tensor(np.asarray(labels, np.int64), device=_device(self))
+        self.keep = torch.as_tensor(np.asarray(keep, bool), device=_device(self))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "input_shape": self.image_shape,
+            "n_clusters": self.n_clusters,
+            "depth": self.depth,
+            "width": self.width,
+            "hidden": self.hidden,
+            "dim": self.dim,
+            "base": self.base,
+            "stability": self.use_stability,
+            "eta": self.eta,
+            "sigma": self.sigma,
+            "delta": self.delta,
+            "lam": self.lam,
+            "tau": self.tau,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "predictor_lr_scale": self.predictor_lr_scale,
+            "mean": self.mean,
+            "std": self.std,
+            "queue_size": self.queue_size,
+            "seed": self.seed,
+        }
+
+
+def _copy_weights(source: keras.Model, destination: keras.Model) -> None:
+    for d, s in zip(destination.weights, source.weights):
+        d.assign(s.value)
+
+
+def _unit(z: np.ndarray) -> np.ndarray:
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def _device(model: keras.Model):
+    return model.online.weights[0].value.device

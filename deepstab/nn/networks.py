@@ -1,0 +1,190 @@
+"""Network builders: the DECS convolutional autoencoder (DECS §4.5, the authors' code),
+the ResNet backbones with MLP heads of LFSS (ICML 2025, §4.1), and the feed-forward
+autoencoder ``d-1024-512-256-e`` of the BRB setup (ICLR 2025) for DEC, IDEC and DCN.
+
+Encoder: Conv(32)-BN-MaxPool, Conv(64)-BN-MaxPool, Conv(128)-BN-MaxPool,
+Conv(256)-BN, Flatten, Dense(embedding). 3x3 kernels, ReLU. The decoder mirrors
+it: Dense -> Reshape -> Conv2DTranspose stride 2 (128, 64, 32) with BN ->
+Conv2DTranspose(channels).
+
+Any input size works: sides that are not a multiple of 8 are zero-padded to
+the next multiple at the encoder's input and cropped at the decoder's output
+(28x28 MNIST runs as 32x32). The authors instead use a 'valid' last
+convolution for 28x28; the padding keeps one architecture for every size.
+Inputs and outputs are NHWC; inside, the layers run channels-first, the
+layout PyTorch's convolutions want, which saves a layout copy per layer.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from deepstab import checks
+from deepstab.nn.layers import FusedBatchNormalization
+
+DEFAULT_FILTERS = (32, 64, 128, 256)
+CF = "channels_first"
+
+
+def _padding(side: int) -> tuple[int, int]:
+    extra = -side % 8
+    return extra // 2, extra - extra // 2
+
+
+def build_conv_autoencoder(
+    input_shape: tuple[int, int, int], embedding_dim: int = 10, filters: tuple[int, ...] = DEFAULT_FILTERS
+) -> tuple[keras.Model, keras.Model]:
+    """Build the ``(encoder, decoder)`` pair for images of ``input_shape`` (H, W, C).
+
+    ``filters`` holds four widths: three downsampling stages and the last conv.
+    """
+    height, width, channels = (int(s) for s in input_shape)
+    if len(filters) != 4:
+        raise ValueError(f"filters must hold 4 widths (3 downsampling stages and the last conv), got {filters!r}.")
+    pad_h, pad_w = _padding(height), _padding(width)
+    inner = ((height + sum(pad_h)) // 8, (width + sum(pad_w)) // 8)
+
+    inputs = keras.Input(shape=(height, width, channels), name="image")
+    h = layers.Permute((3, 1, 2))(inputs)  # NHWC in, NCHW inside: no layout copies per layer
+    if sum(pad_h + pad_w):
+        h = layers.ZeroPadding2D((pad_h, pad_w), data_format=CF)(h)
+    for width_ in filters[:3]:
+        h = layers.Conv2D(width_, 3, padding="same", activation="relu", data_format=CF)(h)
+        h = FusedBatchNormalization()(h)
+        h = layers.MaxPooling2D(2, data_format=CF)(h)
+    h = layers.Conv2D(filters[3], 3, padding="same", activation="relu", data_format=CF)(h)
+    h = FusedBatchNormalization()(h)
+    embedding = layers.Dense(embedding_dim, name="embedding")(layers.Flatten(data_format=CF)(h))
+    encoder = keras.Model(inputs, embedding, name="encoder")
+
+    code = keras.Input(shape=(embedding_dim,), name="embedding")
+    h = layers.Dense(inner[0] * inner[1] * filters[3], activation="relu")(code)
+    h = layers.Reshape((filters[3], inner[0], inner[1]))(h)
+    for width_ in reversed(filters[:3]):
+        h = layers.Conv2DTranspose(width_, 3, strides=2, padding="same", activation="relu", data_format=CF)(h)
+        h = FusedBatchNormalization()(h)
+    h = layers.Conv2DTranspose(channels, 3, padding="same", data_format=CF)(h)
+    if sum(pad_h + pad_w):
+        h = layers.Cropping2D((pad_h, pad_w), data_format=CF)(h)
+    decoder = keras.Model(code, layers.Permute((2, 3, 1), name="reconstruction")(h), name="decoder")
+    return encoder, decoder
+
+
+# Blocks per stage and block type of each ResNet depth (He et al. 2016, Table 1).
+RESNETS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True)}
+CIFAR_STEM_MAX_SIDE = 32
+
+
+def _conv_bn(h, filters: int, kernel: int, stride: int = 1, relu: bool = True, name: str = ""):
+    h = layers.Conv2D(
+        filters, kernel, strides=stride, padding="same", use_bias=False, data_format=CF, name=f"{name}conv"
+    )(h)
+    h = FusedBatchNormalization(name=f"{name}bn")(h)
+    return layers.ReLU()(h) if relu else h
+
+
+def _residual_block(h, filters: int, stride: int, bottleneck: bool, name: str):
+    """A basic (two 3x3 convs) or bottleneck (1x1, 3x3, 1x1 with 4x expansion) block."""
+    out_filters = filters * 4 if bottleneck else filters
+    shortcut = h
+    if stride != 1 or h.shape[1] != out_filters:
+        shortcut = _conv_bn(h, out_filters, 1, stride, relu=False, name=f"{name}down_")
+    if bottleneck:
+        h = _conv_bn(h, filters, 1, name=f"{name}a_")
+        h = _conv_bn(h, filters, 3, stride, name=f"{name}b_")
+        h = _conv_bn(h, out_filters, 1, relu=False, name=f"{name}c_")
+    else:
+        h = _conv_bn(h, filters, 3, stride, name=f"{name}a_")
+        h = _conv_bn(h, filters, 3, relu=False, name=f"{name}b_")
+    return layers.ReLU()(layers.Add()([h, shortcut]))
+
+
+def build_resnet(
+    input_shape: tuple[int, int, int],
+    depth: int = 18,
+    width: float = 1.0,
+    cifar_stem: bool | None = None,
+    name: str = "resnet",
+) -> keras.Model:
+    """ResNet-18, -34 or -50 mapping NHWC images to globally pooled features.
+
+    ``cifar_stem`` (3x3 first conv, stride 1, no max-pool) is chosen automatically
+    for images of at most 32x32 and the ImageNet stem (7x7 stride 2, max-pool)
+    otherwise. ``width`` scales every stage's channels (64, 128, 256, 512 at 1.0),
+    so that tests and CPU runs can use a small network.
+
+    Example:
+
+    >>> net = build_resnet((32, 32, 3), depth=18, width=0.125)
+    >>> net.output_shape
+    (None, 64)
+    """
+    checks.choice("depth", depth, sorted(RESNETS))
+    width = checks.positive("width", width)
+    blocks, bottleneck = RESNETS[depth]
+    height, side_w, channels = (int(s) for s in input_shape)
+    if cifar_stem is None:
+        cifar_stem = max(height, side_w) <= CIFAR_STEM_MAX_SIDE
+    stage_filters = [max(int(round(f * width)), 4) for f in (64, 128, 256, 512)]
+
+    inputs = keras.Input(shape=(height, side_w, channels), name="image")
+    h = layers.Permute((3, 1, 2))(inputs)
+    if cifar_stem:
+        h = _conv_bn(h, stage_filters[0], 3, name="stem_")
+    else:
+        h = _conv_bn(h, stage_filters[0], 7, 2, name="stem_")
+        h = layers.MaxPooling2D(3, strides=2, padding="same", data_format=CF)(h)
+    for stage, (n_blocks, filters) in enumerate(zip(blocks, stage_filters)):
+        for block in range(n_blocks):
+            stride = 2 if stage > 0 and block == 0 else 1
+            h = _residual_block(h, filters, stride, bottleneck, name=f"s{stage + 1}b{block + 1}_")
+    features = layers.GlobalAveragePooling2D(data_format=CF, name="features")(h)
+    return keras.Model(inputs, features, name=name)
+
+
+def build_mlp(input_dim: int, hidden: int = 4096, output_dim: int = 256, name: str = "mlp") -> keras.Model:
+    """BYOL's projector / predictor: Dense(hidden)-BN-ReLU-Dense(output_dim).
+
+    Example:
+
+    >>> build_mlp(64, hidden=32, output_dim=16).output_shape
+    (None, 16)
+    """
+    inputs = keras.Input(shape=(int(input_dim),))
+    h = layers.Dense(hidden, use_bias=False)(inputs)
+    h = layers.ReLU()(FusedBatchNormalization()(h))
+    return keras.Model(inputs, layers.Dense(output_dim)(h), name=name)
+
+
+DENSE_HIDDEN = (1024, 512, 256)
+
+
+def build_dense_autoencoder(
+    input_shape: tuple[int, int, int], embedding_dim: int, hidden: tuple[int, ...] = DENSE_HIDDEN
+) -> tuple[keras.Model, keras.Model]:
+    """The feed-forward ``(encoder, decoder)`` of the BRB setup: images are flattened and
+    standardised per feature (the ``standardise`` layer, fitted with ``adapt``), then
+    ``d-1024-512-256-e`` with ReLU; the decoder mirrors it back to the ``d`` standardised
+    features. The last encoder layer is named ``embedding``.
+
+    Example:
+
+    >>> encoder, decoder = build_dense_autoencoder((8, 8, 1), 10, hidden=(32, 16))
+    >>> encoder.output_shape, decoder.output_shape
+    ((None, 10), (None, 64))
+    """
+    dim = 1
+    for side in input_shape:
+        dim *= int(side)
+    inputs = keras.Input(shape=tuple(int(s) for s in input_shape), name="image")
+    h = layers.Normalization(axis=-1, name="standardise")(layers.Flatten()(inputs))
+    for units in hidden:
+        h = layers.Dense(units, activation="relu")(h)
+    encoder = keras.Model(inputs, layers.Dense(embedding_dim, name="embedding")(h), name="encoder")
+    code = keras.Input(shape=(embedding_dim,), name="embedding")
+    h = code
+    for units in reversed(hidden):
+        h = layers.Dense(units, activation="relu")(h)
+    decoder = keras.Model(code, layers.Dense(dim, name="reconstruction")(h), name="decoder")
+    return encoder, decoder

@@ -1,0 +1,1 @@
+"""One module per command: the run settings, the run from data to saved results, its summary."""

@@ -1,0 +1,286 @@
+"""A DEC, IDEC or DCN run, with or without BRB: what ``python cli.py dec|idec|dcn`` does.
+
+Example:
+
+>>> from deepstab.runs.centroid import CentroidRun, run_centroid
+>>> result = run_centroid(CentroidRun(method="idec", dataset="usps", brb=True))  # doctest: +SKIP
+>>> result.metrics["acc"], result.reset_epochs  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from deepstab import checks, datasets
+from deepstab.analysis.progress import LabelMetrics
+from deepstab.checkpoint import Checkpoint
+from deepstab.errors import DeepstabError
+from deepstab.io import atomic_path, save_model, write_labels_csv
+from deepstab.methods.brb import BRB
+from deepstab.methods.dec import DCN, DEC, IDEC, METHODS, FeedForwardClusterer
+from deepstab.metrics import cluster_sizes, evaluate
+from deepstab.runs.common import checkpoint_folder, choose_n_clusters, format_metrics, pretrained_autoencoder
+from deepstab.runs.settings import RunSettings, default_of, output_path, setting
+
+METHOD_ONLY = {"target_interval": ("dec", "idec"), "gamma": ("idec",), "lam": ("dcn",)}
+
+
+@dataclass
+class CentroidRun(RunSettings):
+    """Everything that defines a DEC/IDEC/DCN run (defaults: the BRB authors' feed-forward setup)."""
+
+    method: str = setting("dec", "The centroid method.", choices=tuple(METHODS), cli=False)
+    dataset: str = setting("usps", "Dataset name (see `datasets`), npz:PATH or folder:PATH.")
+    n_clusters: int | None = setting(
+        None, "Number of clusters K. [default: the dataset's number of classes]", check=checks.n_clusters
+    )
+    embedding_dim: int | None = setting(
+        None, "Embedding size e of d-1024-512-256-e. [default: K]", check=checks.positive_int
+    )
+    pretrain_epochs: int = setting(250, "Autoencoder pretraining epochs (MSE, Adam).", check=checks.non_negative_int)
+    pretrain_batch_size: int = setting(256, "Pretraining batch size.", check=checks.positive_int)
+    epochs: int = setting(400, "Clustering epochs.", check=checks.non_negative_int)
+    batch_size: int = setting(256, "Clustering batch size.", check=checks.positive_int)
+    lr: float = setting(1e-3, "Adam learning rate for both stages.", check=checks.positive)
+    augment: bool = setting(
+        default_of(FeedForwardClusterer, "augment"), "Pretrain and cluster on shifted and rotated views."
+    )
+    alpha: float = setting(
+        default_of(FeedForwardClusterer, "alpha"),
+        "Student-t degrees of freedom of the soft assignments.",
+        check=checks.positive,
+        cli=False,
+    )
+    target_interval: int = setting(
+        default_of(DEC, "target_interval"),
+        "Refresh the target distribution P every N epochs.",
+        check=checks.positive_int,
+        commands=METHOD_ONLY["target_interval"],
+    )
+    gamma: float = setting(
+        default_of(IDEC, "gamma"),
+        "γ: weight of the clustering loss, L = L_r + γ L_c (IDEC Eq. 7).",
+        check=checks.non_negative,
+        commands=METHOD_ONLY["gamma"],
+    )
+    lam: float = setting(
+        default_of(DCN, "lam"),
+        "λ: weight of the k-means term (λ/2)||z - m||² (DCN Eq. 5).",
+        check=checks.non_negative,
+        commands=METHOD_ONLY["lam"],
+    )
+    brb: bool = setting(
+        False, "Break the reclustering barrier (ICLR 2025): soft reset and re-clustering every --brb-interval epochs."
+    )
+    brb_interval: int = setting(
+        default_of(BRB, "interval"), "Epochs T between BRB interventions.", check=checks.positive_int
+    )
+    brb_alpha: float = setting(
+        default_of(BRB, "alpha"), "Soft-reset factor α: θ ← α θ + (1 - α) φ.", check=checks.fraction
+    )
+    brb_subsample: int = setting(
+        default_of(BRB, "subsample"), "Images embedded for BRB's k-means re-clustering.", check=checks.positive_int
+    )
+    brb_reset: bool = setting(
+        default_of(BRB, "reset"), "Do BRB's soft reset (--no-brb-reset: recluster-only ablation)."
+    )
+    brb_recluster: bool = setting(
+        default_of(BRB, "recluster"),
+        "Do BRB's re-clustering and moment reset (--no-brb-recluster: reset-only ablation).",
+    )
+    brb_reset_embedding: bool = setting(
+        default_of(BRB, "reset_embedding"), "Include the embedding layer in the soft reset."
+    )
+    output: str | None = setting(
+        None,
+        "Model file (.keras); labels (.csv) and ACC over epochs (.png) go beside it. "
+        "[default: models/<method>[-brb]-<dataset>.keras]",
+        path="file",
+        training=False,
+    )
+    models_dir: str = setting(
+        "models", "Where pretrained autoencoders are kept and shared by dec, idec and dcn.", path="dir", training=False
+    )
+    eval_every: int = setting(
+        1,
+        "Record the label change rate (and ACC/NMI/ARI with labels) every N epochs (reporting only).",
+        check=checks.positive_int,
+        training=False,
+    )
+
+    def validate(self) -> None:
+        if self.brb and not (self.brb_reset or self.brb_recluster):
+            raise DeepstabError("BRB with --no-brb-reset and --no-brb-recluster does nothing: keep one of them.")
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}{'-brb' if self.brb else ''}"
+
+    @property
+    def model_path(self) -> Path:
+        return output_path(self, f"{self.name}-{self.slug}")
+
+    def autoencoder_path(self, embedding_dim: int) -> Path:
+        """The pretrained autoencoder shared by DEC, IDEC and DCN (with or without BRB) of this
+        dataset, schedule and seed."""
+        views = "" if self.augment else "-noaug"
+        schedule = f"{self.pretrain_epochs}ep-b{self.pretrain_batch_size}{views}"
+        name = f"dense-ae-{self.slug}-e{embedding_dim}-{schedule}-seed{self.seed}.keras"
+        return Path(self.models_dir) / name
+
+
+@dataclass
+class CentroidResult:
+    model: FeedForwardClusterer
+    labels: np.ndarray
+    metrics: dict[str, float] | None
+    init_metrics: dict[str, float] | None
+    sizes: dict[str, object]
+    reset_epochs: list[int]
+    brb_seconds: float
+    pretrain_seconds: float
+    cluster_seconds: float
+    history: dict[str, list] = field(default_factory=dict)
+    model_path: Path | None = None
+    labels_path: Path | None = None
+    plot_path: Path | None = None
+
+
+def build_model(run: CentroidRun, shape: tuple[int, ...], k: int) -> FeedForwardClusterer:
+    own = {name: getattr(run, name) for name, methods in METHOD_ONLY.items() if run.method in methods}
+    return METHODS[run.method](k, shape, embedding_dim=run.embedding_dim, augment=run.augment, alpha=run.alpha, **own)
+
+
+def pretrained_model(run: CentroidRun, x: np.ndarray, y: np.ndarray | None) -> tuple[FeedForwardClusterer, float]:
+    """A new model of the run's method whose autoencoder is the shared pretrained one (pretrained
+    and saved first when it is not there yet); also the seconds spent pretraining."""
+    model = build_model(run, tuple(x.shape[1:]), choose_n_clusters(run, y, len(x)))
+    # Pretrained on the views the clustering stage will see (augmented unless --no-augment).
+    path = run.autoencoder_path(model.autoencoder.embedding_dim)
+    return model, pretrained_autoencoder(run, model, x, path, "feed-forward autoencoder")
+
+
+def run_centroid(run: CentroidRun, data: tuple[np.ndarray, np.ndarray | None] | None = None) -> CentroidResult:
+    """Load the data, pretrain (or reuse) the autoencoder, k-means, cluster with the method
+    (and BRB when asked), evaluate the final model, save the model, labels and a plot."""
+    keras.utils.set_random_seed(run.seed)
+    x, y = data if data is not None else datasets.load(run.dataset, run.data_dir)
+    model, pretrain_seconds = pretrained_model(run, x, y)
+    k = model.n_clusters
+
+    start = time.perf_counter()
+    init_labels = model.initialize_centroids(x, seed=run.seed)
+    init_metrics = evaluate(y, init_labels) if y is not None else None
+    if init_metrics:
+        print("k-means on the pretrained embeddings: " + format_metrics(init_metrics))
+    callbacks: list = [LabelMetrics(x, y, run.eval_every)]
+    brb = None
+    if run.brb:
+        brb = BRB(
+            x,
+            run.brb_interval,
+            run.brb_alpha,
+            run.brb_subsample,
+            run.brb_reset,
+            run.brb_recluster,
+            reset_embedding=run.brb_reset_embedding,
+            seed=run.seed,
+        )
+        callbacks.append(brb)
+    checkpoint = Checkpoint(checkpoint_folder(run.model_path), run.training_settings())
+    callbacks.append(checkpoint)
+    model.compile(optimizer=keras.optimizers.Adam(run.lr))
+    initial_epoch = checkpoint.restore(model)
+    history = {}
+    if run.epochs:
+        brb_note = f", BRB every {run.brb_interval} epochs" if brb else ""
+        print(f"{run.name.upper()}: {run.epochs} epochs at batch {run.batch_size}{brb_note}")
+        history = model.fit(
+            x,
+            batch_size=run.batch_size,
+            epochs=run.epochs,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            verbose=run.verbose,
+            seed=run.seed,
+        ).history
+    cluster_seconds = time.perf_counter() - start
+
+    labels, confidence = model.predict_clusters(x)
+    result = CentroidResult(
+        model,
+        labels,
+        evaluate(y, labels) if y is not None else None,
+        init_metrics,
+        cluster_sizes(labels, k),
+        list(brb.reset_epochs) if brb else [],
+        brb.seconds if brb else 0.0,
+        pretrain_seconds,
+        cluster_seconds,
+        history,
+    )
+    result.model_path = save_model(model, run.model_path)
+    result.labels_path = write_labels_csv(run.model_path.with_suffix(".csv"), labels, confidence, y)
+    if "acc" in history:
+        result.plot_path = plot_history(
+            history, result.reset_epochs, run.model_path.with_suffix(".png"), run.name.upper()
+        )
+    checkpoint.remove()
+    return result
+
+
+def plot_history(history: dict[str, list], reset_epochs: list[int], path: Path, title: str) -> Path | None:
+    """ACC (and the label change rate) over epochs with the BRB interventions marked, as a PNG;
+    ``None`` without matplotlib (the ``plot`` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    epochs = np.arange(1, len(history["acc"]) + 1)
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    axis.plot(epochs, history["acc"], label="ACC")
+    if "label_change" in history:
+        axis.plot(epochs, history["label_change"], label="label change rate", alpha=0.7)
+    for i, epoch in enumerate(reset_epochs):
+        axis.axvline(epoch + 0.5, color="grey", linestyle=":", label="BRB reset + recluster" if i == 0 else None)
+    axis.set_xlabel("epoch")
+    axis.set_ylim(0, 1)
+    axis.set_title(title)
+    axis.legend(loc="center right")
+    figure.tight_layout()
+    with atomic_path(path) as partial:
+        figure.savefig(partial, format="png", dpi=100)
+    plt.close(figure)
+    return path
+
+
+def summary(run: CentroidRun, result: CentroidResult) -> str:
+    """The lines the command line prints at the end of a run."""
+    lines = [f"{run.name.upper()} on {run.dataset}: {len(result.labels)} samples, {result.model.n_clusters} clusters"]
+    if result.metrics:
+        lines.append(
+            "Final model: "
+            + format_metrics(result.metrics)
+            + "  (k-means init: "
+            + format_metrics(result.init_metrics)
+            + ")"
+        )
+    sizes = result.sizes
+    lines.append(f"Cluster sizes: {sizes['counts']} ({sizes['n_nonempty']} non-empty)")
+    if run.brb:
+        lines.append(
+            f"BRB interventions at the start of epochs: {', '.join(str(e + 1) for e in result.reset_epochs) or 'none'} "
+            f"({result.brb_seconds:.1f} s in all)"
+        )
+    lines.append(f"Wall time: pretraining {result.pretrain_seconds:.0f} s, clustering {result.cluster_seconds:.0f} s")
+    saved = f"Saved the model to {result.model_path} and the labels to {result.labels_path}"
+    lines.append(saved + (f"; ACC over epochs in {result.plot_path}" if result.plot_path else ""))
+    return "\n".join(lines)

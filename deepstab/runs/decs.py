@@ -1,0 +1,297 @@
+"""A DECS run from data to saved model: what ``python cli.py decs`` does, callable from Python.
+
+Example:
+
+>>> from deepstab.runs.decs import DECSRun, run_decs
+>>> result = run_decs(DECSRun(dataset="digits", preset="quick", output="/tmp/decs-digits.keras"))  # doctest: +SKIP
+>>> result.metrics["acc"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from deepstab import checks, datasets
+from deepstab.analysis.progress import LabelMetrics
+from deepstab.checkpoint import Checkpoint
+from deepstab.errors import DeepstabError
+from deepstab.io import save_model, write_labels_csv
+from deepstab.methods.collapse import COLLAPSE_ACTIONS
+from deepstab.methods.decs import DECS
+from deepstab.methods.losses import VARIANTS
+from deepstab.metrics import cluster_sizes, evaluate
+from deepstab.runs.common import checkpoint_folder, choose_n_clusters, format_metrics, pretrained_autoencoder
+from deepstab.runs.settings import RunSettings, default_of, output_path, setting
+
+# Schedules: "paper" is DECS's own (§4.2: 500 pretraining epochs at batch 256, 10,000 clustering
+# iterations); "default" the paper's pretraining with 3,000 clustering iterations, except where
+# DEFAULT_SCHEDULES names a shorter one measured to be enough (docs/results.md); "quick" a smoke test.
+PRESETS: dict[str, dict[str, int]] = {
+    "default": {"pretrain_epochs": 500, "pretrain_batch_size": 256, "iterations": 3000},
+    "paper": {"pretrain_epochs": 500, "pretrain_batch_size": 256, "iterations": 10000},
+    "quick": {"pretrain_epochs": 10, "pretrain_batch_size": 32, "cluster_epochs": 20},
+}
+DEFAULT_SCHEDULES: dict[str, dict[str, int]] = {
+    "digits": {"pretrain_epochs": 30, "pretrain_batch_size": 32, "cluster_epochs": 60},
+    "mnist-test": {"pretrain_epochs": 50, "pretrain_batch_size": 32, "cluster_epochs": 80},
+}
+
+
+def schedule(preset: str, dataset: str) -> dict[str, int]:
+    """The schedule ``preset`` gives ``dataset`` (the `default` preset differs per dataset)."""
+    checks.choice("preset", preset, PRESETS)
+    if preset == "default" and dataset in DEFAULT_SCHEDULES:
+        return dict(DEFAULT_SCHEDULES[dataset])
+    return dict(PRESETS[preset])
+
+
+def _describe(p: dict[str, int]) -> str:
+    clustering = (
+        f"{p['iterations']} clustering iterations" if "iterations" in p else f"{p['cluster_epochs']} clustering epochs"
+    )
+    return f"{p['pretrain_epochs']} pretraining epochs at batch {p['pretrain_batch_size']}, {clustering}"
+
+
+PRESET_HELP = (
+    "Schedule. "
+    + "; ".join(f"{name}: {_describe(p)}" for name, p in PRESETS.items())
+    + ". The default preset of these datasets is shorter ("
+    + "; ".join(f"{name}: {_describe(p)}" for name, p in DEFAULT_SCHEDULES.items())
+    + ")."
+)
+FROM_PRESET = "[default: from --preset]"
+
+
+@dataclass
+class DECSRun(RunSettings):
+    """Everything that defines a DECS run; ``None`` fields take the preset's value."""
+
+    preset: str = setting("default", PRESET_HELP, choices=tuple(PRESETS))
+    n_clusters: int | None = setting(
+        None, "Number of clusters. [default: the dataset's number of classes]", check=checks.n_clusters
+    )
+    pretrain_epochs: int | None = setting(
+        None, f"Autoencoder pretraining epochs. {FROM_PRESET}", check=checks.non_negative_int
+    )
+    pretrain_batch_size: int | None = setting(None, f"Pretraining batch size. {FROM_PRESET}", check=checks.positive_int)
+    iterations: int | None = setting(
+        None,
+        f"Clustering iterations (batches), rounded up to whole epochs. {FROM_PRESET}",
+        check=checks.non_negative_int,
+    )
+    cluster_epochs: int | None = setting(
+        None, f"Clustering epochs (instead of --iterations). {FROM_PRESET}", check=checks.non_negative_int
+    )
+    batch_size: int = setting(256, "Clustering batch size.", check=checks.positive_int)
+    lr: float = setting(1e-3, "Adam learning rate for both stages.", check=checks.positive)
+    variant: str = setting(
+        default_of(DECS, "variant"),
+        "Loss: 'paper' (Eqs. 6-8) or 'reference' (the authors' released code).",
+        choices=VARIANTS,
+    )
+    alpha: float = setting(default_of(DECS, "alpha"), "Student-t degrees of freedom (Eq. 5).", check=checks.positive)
+    lam: float | None = setting(
+        None, "λ of Eq. 7. [default: 0.8 for paper, 0.4 for reference]", check=checks.non_negative
+    )
+    recon_weight: float = setting(
+        default_of(DECS, "recon_weight"),
+        "Weight of the reconstruction term of Eq. 1 during clustering.",
+        check=checks.non_negative,
+    )
+    size_prior: float = setting(
+        default_of(DECS, "size_prior"),
+        "Weight of KL(mean q || uniform), an optional guard against collapse.",
+        check=checks.non_negative,
+    )
+    on_collapse: str = setting(
+        default_of(DECS, "on_collapse"),
+        "What to do when a cluster empties or shrinks: fallback (restore the last healthy weights once and go on with "
+        "the size prior at weight 1), restore (restore and stop), stop, or warn.",
+        choices=COLLAPSE_ACTIONS,
+    )
+    collapse_share: float = setting(
+        default_of(DECS, "collapse_share"),
+        "A cluster smaller than this share of an even split (1/K) counts as collapsing.",
+        check=checks.share,
+    )
+    output: str | None = setting(
+        None,
+        "Model file (.keras); labels go beside it as .csv. [default: models/decs-<dataset>.keras]",
+        path="file",
+        training=False,
+    )
+    models_dir: str = setting(
+        "models", "Where pretrained autoencoders are kept and reused.", path="dir", training=False
+    )
+    eval_every: int = setting(
+        10,
+        "Print ACC/NMI/ARI every N epochs when labels exist (reporting only).",
+        check=checks.positive_int,
+        training=False,
+    )
+
+    def resolve(self) -> None:
+        preset = schedule(self.preset, self.dataset)
+        if self.iterations is not None:  # an explicit count beats the preset's, in either unit
+            preset.pop("cluster_epochs", None)
+        elif self.cluster_epochs is not None:
+            preset.pop("iterations", None)
+        for key, value in preset.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+
+    @property
+    def model_path(self) -> Path:
+        return output_path(self, f"decs-{self.slug}")
+
+    @property
+    def autoencoder_path(self) -> Path:
+        """Where the pretrained autoencoder of this dataset, schedule and seed is kept for reuse."""
+        name = f"decs-{self.slug}-ae-{self.pretrain_epochs}ep-b{self.pretrain_batch_size}-seed{self.seed}.keras"
+        return Path(self.models_dir) / name
+
+
+@dataclass
+class DECSResult:
+    """What a run produced: the model, its labels, and what was measured."""
+
+    model: DECS
+    labels: np.ndarray
+    confidence: np.ndarray
+    metrics: dict[str, float] | None
+    sizes: dict[str, object]
+    collapsed_epoch: int | None
+    restored_epoch: int | None
+    iterations_run: int
+    pretrain_seconds: float
+    cluster_seconds: float
+    history: dict[str, list] = field(default_factory=dict)
+    model_path: Path | None = None
+    labels_path: Path | None = None
+
+
+def run_decs(
+    run: DECSRun,
+    callbacks: list | None = None,
+    model: DECS | None = None,
+    data: tuple[np.ndarray, np.ndarray | None] | None = None,
+) -> DECSResult:
+    """Load the data, pretrain (or reuse) the autoencoder, cluster with DECS,
+    evaluate the final model, and save the model and its labels.
+
+    ``callbacks`` are added to the clustering stage's ``fit``. ``model``, a trained
+    DECS model, is trained further instead of a new one (no pretraining, no k-means).
+    ``data``, ``(x, y)`` already loaded from ``run.dataset``, saves loading it again.
+    """
+    keras.utils.set_random_seed(run.seed)
+    x, y = data if data is not None else datasets.load(run.dataset, run.data_dir)
+    if model is not None:
+        return _cluster(run, model, x, y, callbacks, pretrain_seconds=0.0, initialise=False)
+    k = choose_n_clusters(run, y, len(x))
+    model = DECS(
+        n_clusters=k,
+        input_shape=x.shape[1:],
+        alpha=run.alpha,
+        variant=run.variant,
+        lam=run.lam,
+        recon_weight=run.recon_weight,
+        size_prior=run.size_prior,
+        on_collapse=run.on_collapse,
+        collapse_share=run.collapse_share,
+    )
+    pretrain_seconds = pretrained_autoencoder(run, model, x, run.autoencoder_path)
+    return _cluster(run, model, x, y, callbacks, pretrain_seconds, initialise=True)
+
+
+def _cluster(run: DECSRun, model: DECS, x, y, extra_callbacks, pretrain_seconds: float, initialise: bool) -> DECSResult:
+    """Stage 2 of :func:`run_decs`, then evaluation and saving."""
+    if model.image_shape != tuple(x.shape[1:]):
+        raise DeepstabError(
+            f"The model takes images of shape {model.image_shape}, but {run.dataset!r} has "
+            f"{tuple(x.shape[1:])}. Use the dataset the model was trained on."
+        )
+    start = time.perf_counter()
+    if initialise:
+        init_labels = model.initialize_centroids(x, seed=run.seed)
+        if y is not None:
+            print("k-means on the pretrained embeddings: " + format_metrics(evaluate(y, init_labels)))
+    steps = int(np.ceil(len(x) / run.batch_size))
+    epochs = int(np.ceil(run.iterations / steps)) if run.iterations is not None else run.cluster_epochs
+    checkpoint = Checkpoint(checkpoint_folder(run.model_path), run.training_settings())
+    callbacks: list = [checkpoint] + ([LabelMetrics(x, y, run.eval_every)] if y is not None else [])
+    model.compile(optimizer=keras.optimizers.Adam(run.lr))
+    initial_epoch = checkpoint.restore(model)
+    history = {}
+    if epochs:
+        print(f"Clustering: {epochs} epochs of {steps} iterations (batch {run.batch_size}), variant {run.variant!r}")
+        history = model.fit(
+            x,
+            batch_size=run.batch_size,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks + list(extra_callbacks or []),
+            verbose=run.verbose,
+        ).history
+    guard = model.collapse_guard
+    cluster_seconds = time.perf_counter() - start
+
+    labels, confidence = model.predict_clusters(x)
+    result = DECSResult(
+        model=model,
+        labels=labels,
+        confidence=confidence,
+        metrics=evaluate(y, labels) if y is not None else None,
+        sizes=cluster_sizes(labels, model.n_clusters),
+        collapsed_epoch=guard.collapsed_epoch if guard else None,
+        restored_epoch=guard.restored_epoch if guard else None,
+        iterations_run=len(history.get("loss", [])) * steps,
+        pretrain_seconds=pretrain_seconds,
+        cluster_seconds=cluster_seconds,
+        history=history,
+    )
+    result.model_path = save_model(model, run.model_path)
+    result.labels_path = write_labels_csv(run.model_path.with_suffix(".csv"), labels, result.confidence, y)
+    checkpoint.remove()
+    return result
+
+
+def summary(run: DECSRun, result: DECSResult) -> str:
+    """The lines the command line prints at the end of a run."""
+    lines = [
+        f"DECS on {run.dataset}: {len(result.labels)} samples, {result.model.n_clusters} clusters, "
+        f"variant {run.variant!r}"
+    ]
+    if result.metrics:
+        lines.append("Final model: " + format_metrics(result.metrics))
+    sizes = result.sizes
+    lines.append(
+        f"Cluster sizes: {sizes['counts']} ({sizes['n_nonempty']} non-empty, smallest {sizes['min_share']:.1%}, "
+        f"largest {sizes['max_share']:.1%})"
+    )
+    if result.collapsed_epoch is not None:
+        guard = result.model.collapse_guard
+        restored = (
+            f"the weights of epoch {guard.restored_epoch + 1}"
+            if guard.restored_epoch is not None
+            else "the k-means initialisation"
+        )
+        what = {"restore": f"stopped and restored {restored}", "stop": "stopped", "warn": "went on"}.get(
+            run.on_collapse, ""
+        )
+        if run.on_collapse == "fallback":
+            what = f"restored {restored} and went on with the cluster-size prior (weight {guard.fallback_prior:g})"
+        lines.append(
+            f"NOTE: the clustering began to collapse at epoch {result.collapsed_epoch + 1} (a cluster emptied or fell "
+            f"below {run.collapse_share:.0%} of an even share); training {what}. See the README, 'Collapse'."
+        )
+    lines.append(
+        f"Iterations run: {result.iterations_run}; wall time: pretraining {result.pretrain_seconds:.0f} s, "
+        f"clustering {result.cluster_seconds:.0f} s"
+    )
+    lines.append(f"Saved the model to {result.model_path} and the labels to {result.labels_path}")
+    return "\n".join(lines)

@@ -1,0 +1,279 @@
+"""An LFSS run from data to saved model: what ``python cli.py lfss`` does, callable from Python.
+
+Example:
+
+>>> from deepstab.runs.lfss import LFSSRun, run_lfss
+>>> result = run_lfss(LFSSRun(dataset="cifar10-jpg", preset="cpu"))  # doctest: +SKIP
+>>> result.metrics["acc"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from deepstab import checks, datasets
+from deepstab.checkpoint import Checkpoint
+from deepstab.datasets.store import to_unit_float
+from deepstab.datasets.streaming import IndexedImages
+from deepstab.errors import DeepstabError
+from deepstab.io import save_model, write_labels_csv
+from deepstab.methods.lfss import BASES, LFSSModel, lfss_optimizer
+from deepstab.metrics import cluster_sizes
+from deepstab.nn.networks import RESNETS
+from deepstab.runs.common import checkpoint_folder, choose_n_clusters, format_metrics
+from deepstab.runs.settings import RunSettings, default_of, output_path, setting
+
+# The paper's schedule (LFSS §4.1) and a CPU-sized one (docs/results.md, "LFSS").
+PRESETS: dict[str, dict[str, float | int]] = {
+    "paper": {
+        "epochs": 1000,
+        "batch_size": 256,
+        "depth": 18,
+        "width": 1.0,
+        "hidden": 4096,
+        "dim": 256,
+        "eta": 200,
+        "momentum": 0.996,
+    },
+    "cpu": {
+        "epochs": 10,
+        "batch_size": 128,
+        "depth": 18,
+        "width": 0.125,
+        "hidden": 512,
+        "dim": 128,
+        "eta": 5,
+        "momentum": 0.99,
+    },
+}
+# Per-dataset (η, σ) of the paper; others take η from the preset and σ = 0.001.
+PAPER_ETA_SIGMA = {
+    "cifar10": (200, 0.001),
+    "cifar10-jpg": (200, 0.001),
+    "cifar20": (500, 0.001),
+    "stl10": (500, 0.01),
+    "imagenet10": (200, 0.01),
+    "imagenet-dogs": (500, 0.001),
+    "tiny-imagenet": (200, 0.001),
+}
+# Per-dataset normalisation (channel means and stds of the training images).
+NORMALISATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar10-jpg": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar20": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+FROM_PRESET = "[default: from --preset]"
+PRESET_HELP = (
+    "Schedule and network size. "
+    + "; ".join(f"{k}: " + ", ".join(f"{a} {b}" for a, b in v.items()) for k, v in PRESETS.items())
+    + "."
+)
+
+
+@dataclass
+class LFSSRun(RunSettings):
+    """Everything that defines an LFSS run; ``None`` fields take the preset's (or the paper's
+    per-dataset) value."""
+
+    dataset: str = setting("cifar10-jpg", "Dataset name (see `datasets`), npz:PATH or folder:PATH.")
+    preset: str = setting("paper", PRESET_HELP, choices=tuple(PRESETS))
+    n_clusters: int | None = setting(
+        None, "Number of clusters K. [default: the dataset's number of classes]", check=checks.n_clusters
+    )
+    epochs: int | None = setting(None, f"Training epochs. {FROM_PRESET}", check=checks.positive_int)
+    batch_size: int | None = setting(None, f"Batch size. {FROM_PRESET}", check=checks.positive_int)
+    lr: float = setting(
+        0.05,
+        "SGD learning rate at batch 256 (scaled linearly with the batch size), cosine decay per iteration; "
+        "10x for the predictor.",
+        check=checks.positive,
+    )
+    eta: int | None = setting(
+        None,
+        "Warm-up epochs before the cluster-level loss (η). [default: the paper's per dataset, else from --preset]",
+        check=checks.non_negative_int,
+    )
+    sigma: float | None = setting(
+        None,
+        "Noise σ before the predictor (Eq. 9). [default: the paper's per dataset, else 0.001]",
+        check=checks.non_negative,
+    )
+    delta: float = setting(
+        default_of(LFSSModel, "delta"),
+        "Share δ of least stable samples left out of the cluster-level loss.",
+        check=checks.share,
+    )
+    lam: float = setting(default_of(LFSSModel, "lam"), "Weight λ of L_I + L_C (Eq. 10).", check=checks.non_negative)
+    tau: float = setting(default_of(LFSSModel, "tau"), "NT-Xent temperature τ.", check=checks.positive)
+    momentum: float | None = setting(None, f"EMA momentum of the target network. {FROM_PRESET}", check=checks.fraction)
+    weight_decay: float = setting(default_of(LFSSModel, "weight_decay"), "L2 weight decay.", check=checks.non_negative)
+    depth: int | None = setting(None, f"ResNet depth. {FROM_PRESET}", choices=tuple(RESNETS))
+    width: float | None = setting(None, f"ResNet channel multiplier. {FROM_PRESET}", check=checks.positive)
+    hidden: int | None = setting(
+        None, f"Hidden size of projector and predictor. {FROM_PRESET}", check=checks.positive_int
+    )
+    dim: int | None = setting(None, f"Representation size. {FROM_PRESET}", check=checks.positive_int)
+    base: str = setting(
+        default_of(LFSSModel, "base"), "byol (LFSS proper), or L_I + L_C on simclr or moco (Table 6).", choices=BASES
+    )
+    stability: bool = setting(
+        default_of(LFSSModel, "stability"),
+        "Use the sample-stability losses L_I and L_C; --no-stability trains the plain base method.",
+    )
+    output: str | None = setting(
+        None,
+        "Model file (.keras); labels go beside it as .csv. [default: models/lfss-<dataset>.keras]",
+        path="file",
+        training=False,
+    )
+    models_dir: str = setting("models", "Default folder of the model file.", path="dir", training=False)
+    checkpoint_every: int = setting(1, "Save a checkpoint every N epochs.", check=checks.positive_int, training=False)
+    resume: bool = setting(
+        False, "Go on from the last checkpoint of an interrupted run with the same --output.", training=False
+    )
+    eval_runs: int = setting(
+        10, "k-means runs averaged for ACC/NMI/ARI (the paper: 10).", check=checks.positive_int, training=False
+    )
+
+    def resolve(self) -> None:
+        checks.choice("preset", self.preset, PRESETS)
+        for key, value in PRESETS[self.preset].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        paper_eta, paper_sigma = PAPER_ETA_SIGMA.get(self.dataset, (None, 0.001))
+        if self.eta is None:
+            self.eta = paper_eta if self.preset == "paper" and paper_eta is not None else PRESETS[self.preset]["eta"]
+        if self.sigma is None:
+            self.sigma = paper_sigma
+
+    @property
+    def model_path(self) -> Path:
+        suffix = "" if self.stability else "-nostab"
+        base = "" if self.base == "byol" else f"-{self.base}"
+        return output_path(self, f"lfss{base}{suffix}-{self.slug}")
+
+
+@dataclass
+class LFSSResult:
+    model: LFSSModel
+    labels: np.ndarray
+    metrics: dict[str, float] | None
+    sizes: dict[str, object]
+    seconds: float
+    history: dict
+    model_path: Path | None = None
+    labels_path: Path | None = None
+
+
+def _normalisation(dataset: str, x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if dataset in NORMALISATION:
+        return NORMALISATION[dataset]
+    sample = to_unit_float(np.asarray(x[:: max(len(x) // 5000, 1)]))
+    return tuple(sample.mean(axis=(0, 1, 2)).tolist()), tuple(np.maximum(sample.std(axis=(0, 1, 2)), 1e-3).tolist())
+
+
+def build_model(run: LFSSRun, x: np.ndarray, k: int) -> LFSSModel:
+    mean, std = _normalisation(run.dataset, x)
+    return LFSSModel(
+        x.shape[1:],
+        k,
+        depth=run.depth,
+        width=run.width,
+        hidden=run.hidden,
+        dim=run.dim,
+        base=run.base,
+        stability=run.stability,
+        eta=run.eta,
+        sigma=run.sigma,
+        delta=run.delta,
+        lam=run.lam,
+        tau=run.tau,
+        momentum=run.momentum,
+        weight_decay=run.weight_decay,
+        mean=mean,
+        std=std,
+        seed=run.seed,
+    )
+
+
+def run_lfss(
+    run: LFSSRun,
+    callbacks: list | None = None,
+    model: LFSSModel | None = None,
+    data: tuple[np.ndarray, np.ndarray | None] | None = None,
+) -> LFSSResult:
+    """Load the data, train LFSS with checkpoints (resumable), evaluate k-means on the target
+    embeddings (mean of ``eval_runs`` runs), save the model and its labels.
+
+    ``callbacks`` are added to ``fit``; ``model``, a trained LFSS model, is trained further
+    instead of a new one; ``data``, ``(x, y)`` already loaded, saves loading it again.
+    """
+    keras.utils.set_random_seed(run.seed)
+    x, y = data if data is not None else datasets.load(run.dataset, run.data_dir, stream=True)
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise DeepstabError(f"LFSS needs images (N, H, W, 1 or 3); {run.dataset!r} has shape {x.shape}.")
+    k = choose_n_clusters(run, y, len(x))
+    batch_size = min(run.batch_size, len(x))
+    batches = IndexedImages(x, batch_size, seed=run.seed)
+    if model is None:
+        model = build_model(run, x, k)
+    elif model.image_shape != tuple(x.shape[1:]):
+        raise DeepstabError(
+            f"The model takes images of shape {model.image_shape}, but {run.dataset!r} has {tuple(x.shape[1:])}."
+        )
+    model.compile(optimizer=lfss_optimizer(run.lr * batch_size / 256, len(batches) * run.epochs))
+    checkpoint = Checkpoint(checkpoint_folder(run.model_path), run.training_settings(), every=run.checkpoint_every)
+    if checkpoint.exists and not run.resume:
+        raise DeepstabError(
+            f"A checkpoint of an unfinished run exists in {checkpoint.folder}. Pass --resume to go on from it, "
+            f"or delete the folder to start over."
+        )
+    initial_epoch = checkpoint.restore(model)
+    print(
+        f"LFSS ({run.base}{'' if run.stability else ', no stability losses'}) on {run.dataset}: {len(x)} images, "
+        f"K={k}, ResNet-{run.depth} x{run.width:g}, {run.epochs} epochs of {len(batches)} batches of {batch_size}, "
+        f"η={run.eta}"
+    )
+    start = time.perf_counter()
+    history = model.fit(
+        batches,
+        epochs=run.epochs,
+        initial_epoch=initial_epoch,
+        callbacks=[checkpoint, *(callbacks or [])],
+        verbose=run.verbose,
+    ).history
+    seconds = time.perf_counter() - start
+
+    metrics = None
+    z = model.embed(x)
+    labels = model.predict_labels(x, seed=run.seed, embeddings=z)
+    if y is not None and (y >= 0).any():
+        metrics = model.evaluate_clustering(x, y, runs=run.eval_runs, embeddings=z)
+    result = LFSSResult(model, labels, metrics, cluster_sizes(labels, k), seconds, history)
+    result.model_path = save_model(model, run.model_path)
+    result.labels_path = write_labels_csv(run.model_path.with_suffix(".csv"), labels, None, y)
+    checkpoint.remove()
+    return result
+
+
+def summary(run: LFSSRun, result: LFSSResult) -> str:
+    """The lines the command line prints at the end of a run."""
+    lines = [f"LFSS on {run.dataset}: {len(result.labels)} samples, {result.model.n_clusters} clusters"]
+    if result.metrics:
+        m = result.metrics
+        lines.append(
+            f"k-means on the target embeddings, mean of {run.eval_runs} runs: "
+            + format_metrics({k: m[k] for k in ("acc", "nmi", "ari")})
+            + f"  (ACC std {m['acc_std']:.4f})"
+        )
+    lines.append(f"Cluster sizes: {result.sizes['counts']}")
+    lines.append(f"Training wall time: {result.seconds:.0f} s")
+    lines.append(f"Saved the model to {result.model_path} and the labels to {result.labels_path}")
+    return "\n".join(lines)
