@@ -9,7 +9,7 @@ from deepstab.methods.brb import BRB, soft_reset, zero_optimizer_moments
 from deepstab.methods.dec import DCN, DEC, IDEC
 from deepstab.methods.decs import DECS
 
-SMALL = dict(hidden=(16, 8))
+SMALL = dict(hidden=(16, 8), image_size=8)
 
 
 def np_(t):
@@ -33,33 +33,36 @@ def _trained(cls, x, epochs=1, **kwargs):
     return model
 
 
-def test_soft_reset_formula(x):
+@pytest.mark.parametrize("draws", ["kaiming", "layer"])
+def test_soft_reset_formula(x, draws):
     model = _trained(DEC, x)
     encoder = model.encoder
     before = snapshot(encoder)
-    assert soft_reset(encoder, alpha=1.0, seed=3)
+    assert soft_reset(encoder, alpha=1.0, seed=3, draws=draws)
     assert all(np.allclose(v, before[k], rtol=1e-6, atol=1e-7) for k, v in snapshot(encoder).items())
-    soft_reset(encoder, alpha=0.0, seed=3)
+    soft_reset(encoder, alpha=0.0, seed=3, draws=draws)
     fresh = snapshot(encoder)
     encoder.set_weights([before[w.path] for w in encoder.weights])
-    reset = soft_reset(encoder, alpha=0.8, seed=3)
+    reset = soft_reset(encoder, alpha=0.8, seed=3, draws=draws)
     after = snapshot(encoder)
-    dense = [layer for layer in encoder.layers if isinstance(layer, keras.layers.Dense)]
+    dense = [layer for layer in encoder._flatten_layers() if isinstance(layer, keras.layers.Dense)]
     assert reset == [layer.name for layer in dense[:-1]]  # every hidden Dense, not the embedding
     for layer in dense[:-1]:
-        k = layer.kernel.path
-        limit = np.sqrt(6.0 / sum(before[k].shape))  # glorot_uniform
+        k, b = layer.kernel.path, layer.bias.path
+        fan_in, fan_out = before[k].shape
+        limit = np.sqrt(6.0 / fan_in) if draws == "kaiming" else np.sqrt(6.0 / (fan_in + fan_out))
         assert np.abs(fresh[k]).max() <= limit and not np.allclose(fresh[k], before[k])
         np.testing.assert_allclose(after[k], 0.8 * before[k] + 0.2 * fresh[k], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(fresh[layer.bias.path], 0.0)  # zeros initializer
-        np.testing.assert_allclose(after[layer.bias.path], 0.8 * before[layer.bias.path], rtol=1e-5, atol=1e-7)
+        if draws == "kaiming":  # U(±1/sqrt(fan_in)), as the BRB authors' code
+            assert fresh[b].std() > 0 and np.abs(fresh[b]).max() <= 1 / np.sqrt(fan_in)
+        else:  # the layer's own initializer: torch-style uniform bias
+            assert np.abs(fresh[b]).max() <= 1 / np.sqrt(fan_in)
+        np.testing.assert_allclose(after[b], 0.8 * before[b] + 0.2 * fresh[b], rtol=1e-5, atol=1e-6)
     embedding = encoder.get_layer("embedding")
     np.testing.assert_array_equal(after[embedding.kernel.path], before[embedding.kernel.path])
-    for path in ("standardise/mean", "standardise/variance"):  # not a weight layer: untouched
-        np.testing.assert_array_equal(after[path], before[path])
+    untouched = [path for path in before if "standardise" in path or "batch_normalization" in path]
+    assert untouched and all(np.array_equal(after[path], before[path]) for path in untouched)
     assert "embedding" in soft_reset(encoder, alpha=0.5, reset_embedding=True, seed=1)
-    with pytest.raises(DeepstabError, match="alpha"):
-        soft_reset(encoder, alpha=1.5)
 
 
 def test_soft_reset_of_batch_norm_only_when_asked():
@@ -136,7 +139,7 @@ def test_bad_brb_arguments(x):
 
 
 def test_dec_target_follows_the_reclustered_centroids(x):
-    model = _trained(DEC, x)
+    model = _trained(DEC, x, target="dataset")
     callback = BRB(x, interval=2, subsample=60, seed=0)
     seen, reclustered = [], []
     original, set_centroids = model.refresh_target, model.set_centroids

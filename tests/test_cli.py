@@ -37,7 +37,7 @@ def trained(tmp_path, blobs_npz):
 def test_decs_trains_saves_model_and_labels(trained, tmp_path):
     out, result = trained
     assert "Final model: ACC" in result.output and "Cluster sizes:" in result.output
-    assert out.is_file() and (tmp_path / "models" / "decs-blobs-ae-2ep-b32-seed0.keras").is_file()
+    assert out.is_file() and len(list((tmp_path / "models").glob("decs-ae-blobs-*.keras"))) == 1
     with open(out.with_suffix(".csv")) as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 120 and set(rows[0]) == {"index", "cluster", "confidence", "label"}
@@ -76,7 +76,7 @@ def test_predict_bad_model_files(tmp_path, blobs_npz, trained):
     assert_clean_error(
         invoke("predict", tmp_path / "junk.keras", "--dataset", f"npz:{blobs_npz}"), "not a Keras model file"
     )
-    ae = tmp_path / "models" / "decs-blobs-ae-2ep-b32-seed0.keras"
+    (ae,) = (tmp_path / "models").glob("decs-ae-blobs-*.keras")
     assert_clean_error(invoke("predict", ae, "--dataset", f"npz:{blobs_npz}"), "holds a ConvAutoencoder model")
 
 
@@ -211,7 +211,7 @@ def test_centroid_methods_with_brb_share_one_autoencoder(tmp_path, blobs_npz, me
     assert result.exit_code == 0, result.output
     assert "Final model: ACC" in result.output and "BRB interventions at the start of epochs: 3" in result.output
     assert out.is_file() and out.with_suffix(".csv").is_file() and out.with_suffix(".png").is_file()
-    assert [p.name for p in models.glob("dense-ae-*")] == ["dense-ae-blobs-e3-3ep-b32-seed0.keras"]
+    assert len(list(models.glob("dense-ae-blobs-*.keras"))) == 1
     predicted = invoke("predict", out, "--dataset", f"npz:{blobs_npz}", "--output", tmp_path / "labels.csv")
     assert predicted.exit_code == 0 and "ACC" in predicted.output, predicted.output
     again = invoke(

@@ -2,15 +2,16 @@
 
 Centroid-based deep clustering stops changing its clusters after a few epochs: the
 embedding has been pulled so tightly around the centroids that no sample moves (the
-"reclustering barrier"). BRB, every T epochs:
+"reclustering barrier"). BRB, every T epochs (§3, Algorithm 1, and the authors' code):
 
-1. soft-resets the encoder: every Dense/Conv weight ``θ ← α θ + (1 - α) φ`` with ``φ``
-   drawn fresh from the layer's initializer (the embedding layer and BatchNorm are left
-   alone unless asked);
-2. re-clusters: k-means on the embeddings of a random subsample re-initialises the
-   centroids;
-3. zeroes the optimizer's moment estimates of the centroids, so that stale momentum does
-   not drag the new centroids back.
+1. soft-resets the encoder: every Dense/Conv weight ``θ ← α θ + (1 - α) φ`` with ``φ`` drawn
+   as the authors' code draws it (kernels from Kaiming-uniform ``U(±sqrt(6 / fan_in))``, biases
+   from ``U(±1 / sqrt(fan_in))``); the embedding layer and batch normalisation are left alone
+   unless asked;
+2. re-clusters: k-means (10 restarts) on the embeddings of a subsample (the first 10,000
+   training images, as the authors) replaces every centroid;
+3. zeroes the optimizer's moment estimates of the centroids (not its step count), so that stale
+   momentum does not drag the new centroids back.
 
 :class:`BRB` is a Keras callback for :class:`~deepstab.methods.dec.DEC`, :class:`~deepstab.methods.dec.IDEC`,
 :class:`~deepstab.methods.dec.DCN` and :class:`~deepstab.methods.decs.DECS` (anything with ``encoder``,
@@ -19,13 +20,18 @@ embedding has been pulled so tightly around the centroids that no sample moves (
 
 from __future__ import annotations
 
+import math
 import time
 
 import keras
 import numpy as np
 
+from deepstab import checks
 from deepstab.errors import DeepstabError
 from deepstab.nn.kmeans import kmeans
+
+RESET_DRAWS = ("kaiming", "layer")
+SUBSAMPLES = ("first", "random")
 
 
 def _initializer_draw(initializer, shape, seed: int | None):
@@ -35,22 +41,35 @@ def _initializer_draw(initializer, shape, seed: int | None):
     return initializer.__class__.from_config(config)(shape)
 
 
+def reset_pairs(layer: keras.layers.Layer, draws: str) -> list[tuple]:
+    """``(weight, initializer of φ)`` for the kernel (and bias) of a Dense/Conv ``layer``.
+    ``"kaiming"``: the BRB authors' draws, ``torch.nn.init.kaiming_uniform_`` for the kernel
+    (``U(±sqrt(6 / fan_in))``) and ``U(±1 / sqrt(fan_in))`` for the bias; ``"layer"``: the
+    layer's own initializers."""
+    weights = [layer.kernel] + ([layer.bias] if getattr(layer, "bias", None) is not None else [])
+    if draws == "layer":
+        return list(zip(weights, [layer.kernel_initializer, layer.bias_initializer]))
+    bound = 1.0 / math.sqrt(math.prod(layer.kernel.shape[:-1]))  # Keras kernels are (..., in, out)
+    return list(zip(weights, [keras.initializers.HeUniform(), keras.initializers.RandomUniform(-bound, bound)]))
+
+
 def soft_reset(
     model: keras.Model,
     alpha: float,
     reset_embedding: bool = False,
     reset_batchnorm: bool = False,
     seed: int | None = None,
+    draws: str = "kaiming",
 ) -> list[str]:
     """BRB's soft reset of ``model`` in place: ``θ ← α θ + (1 - α) φ`` for the kernel and bias
-    of every Dense/Conv layer, ``φ`` a fresh draw of the layer's own initializer. The layer
-    named ``embedding`` is skipped unless ``reset_embedding``; BatchNorm's scale and offset
-    move towards 1 and 0 only with ``reset_batchnorm``. Returns the names of the reset layers.
+    of every Dense/Conv layer, ``φ`` drawn as :func:`fresh_draws` says. The layer named
+    ``embedding`` is skipped unless ``reset_embedding``; BatchNorm's scale and offset move towards
+    1 and 0 only with ``reset_batchnorm``. Returns the names of the reset layers.
 
     ``alpha = 1`` changes nothing; ``alpha = 0`` is a full re-initialisation.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise DeepstabError(f"The soft-reset factor alpha must lie in [0, 1], got {alpha}.")
+    checks.in_range("The soft-reset factor alpha", alpha, 0.0, 1.0)
+    checks.choice("draws", draws, RESET_DRAWS)
     rng = np.random.default_rng(seed)
     reset = []
     for layer in model._flatten_layers(include_self=False):
@@ -65,9 +84,7 @@ def soft_reset(
         elif hasattr(layer, "kernel_initializer") and getattr(layer, "kernel", None) is not None:
             if layer.name == "embedding" and not reset_embedding:
                 continue
-            pairs = [(layer.kernel, layer.kernel_initializer)]
-            if getattr(layer, "bias", None) is not None:
-                pairs.append((layer.bias, layer.bias_initializer))
+            pairs = reset_pairs(layer, draws)
         else:
             continue
         for weight, initializer in pairs:
@@ -108,7 +125,11 @@ class BRB(keras.callbacks.Callback):
         recluster: do the re-clustering and moment reset (``False``: reset-only ablation).
         reset_embedding, reset_batchnorm: include those layers in the soft reset.
         n_init: k-means restarts of the re-clustering.
-        seed: seed of the fresh weights and of the subsample.
+        draws: how the soft reset draws ``φ``: ``"kaiming"`` (the authors') or ``"layer"`` (each
+            layer's own initializers), see :func:`reset_pairs`.
+        subsample_order: ``"first"`` (the first ``subsample`` training images every time, the
+            authors') or ``"random"`` (a fresh random subsample every time).
+        seed: seed of the fresh weights, of the random subsample and of k-means.
     """
 
     def __init__(
@@ -122,24 +143,22 @@ class BRB(keras.callbacks.Callback):
         reset_embedding: bool = False,
         reset_batchnorm: bool = False,
         n_init: int = 10,
+        draws: str = "kaiming",
+        subsample_order: str = "first",
         seed: int | None = None,
     ):
         super().__init__()
-        if int(interval) < 1:
-            raise DeepstabError(f"The BRB interval must be a positive number of epochs, got {interval}.")
-        if not 0.0 <= alpha <= 1.0:
-            raise DeepstabError(f"The BRB soft-reset factor alpha must lie in [0, 1], got {alpha}.")
-        if int(subsample) < 1:
-            raise DeepstabError(f"The BRB subsample must hold at least one image, got {subsample}.")
         if not (reset or recluster):
             raise DeepstabError("BRB with neither the soft reset nor the re-clustering does nothing: enable one.")
-        self.x, self.interval, self.alpha, self.subsample = x, int(interval), float(alpha), int(subsample)
+        self.x = x
+        self.interval = checks.positive_int("The BRB interval", interval)
+        self.alpha = checks.fraction("The BRB soft-reset factor alpha", alpha)
+        self.subsample = checks.positive_int("The BRB subsample", subsample)
         self.reset, self.recluster = bool(reset), bool(recluster)
-        self.reset_embedding, self.reset_batchnorm, self.n_init = (
-            bool(reset_embedding),
-            bool(reset_batchnorm),
-            int(n_init),
-        )
+        self.reset_embedding, self.reset_batchnorm = bool(reset_embedding), bool(reset_batchnorm)
+        self.n_init = checks.positive_int("n_init", n_init)
+        self.draws = checks.choice("draws", draws, RESET_DRAWS)
+        self.subsample_order = checks.choice("subsample_order", subsample_order, SUBSAMPLES)
         self.rng = np.random.default_rng(seed)
         self.reset_epochs: list[int] = []
         self.seconds = 0.0
@@ -151,7 +170,11 @@ class BRB(keras.callbacks.Callback):
         reset_seed = int(self.rng.integers(2**31)) if self.reset else None
         index = kmeans_seed = None
         if self.recluster:
-            index = np.sort(self.rng.choice(len(self.x), min(self.subsample, len(self.x)), replace=False))
+            size = min(self.subsample, len(self.x))
+            if self.subsample_order == "first":
+                index = np.arange(size)
+            else:
+                index = np.sort(self.rng.choice(len(self.x), size, replace=False))
             kmeans_seed = int(self.rng.integers(2**31))
         return reset_seed, index, kmeans_seed
 
@@ -168,7 +191,7 @@ class BRB(keras.callbacks.Callback):
         model = self.model
         reset_seed, index, kmeans_seed = self._draws()
         if self.reset:
-            soft_reset(model.encoder, self.alpha, self.reset_embedding, self.reset_batchnorm, seed=reset_seed)
+            soft_reset(model.encoder, self.alpha, self.reset_embedding, self.reset_batchnorm, reset_seed, self.draws)
         if self.recluster:
             if len(index) < model.n_clusters:
                 raise DeepstabError(
@@ -183,7 +206,7 @@ class BRB(keras.callbacks.Callback):
         self.seconds += time.perf_counter() - start
 
     def _catch_up(self, epoch: int) -> None:
-        """A run resumed by ``BackupAndRestore`` starts at a later epoch with a new callback: the
+        """A resumed run starts at a later epoch with a new callback: the
         interventions before it happened in the interrupted run. Record them, and draw their
         random choices again (without acting on them) so that later interventions draw what an
         uninterrupted run would."""

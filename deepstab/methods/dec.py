@@ -1,23 +1,25 @@
-"""DEC, IDEC and DCN on the feed-forward autoencoder of the BRB setup (ICLR 2025).
+"""DEC, IDEC and DCN on the feed-forward autoencoder, as the BRB authors' code trains them
+(Miklautz et al., ICLR 2025; their ``src/deep``).
 
-Stage 1 (:class:`DenseAutoencoder`) pretrains ``d-1024-512-256-e`` on flattened,
-per-feature standardised images with MSE. Stage 2 initialises the centroids with
-k-means on the embeddings. Both stages train on augmented batches (small shifts and
-rotations; pretraining on clean images only made the embedding drift so far in the first
-clustering epoch that DCN put every USPS image in one cluster):
+Stage 1 (:class:`~deepstab.nn.autoencoders.DenseAutoencoder`) pretrains ``d-1024-512-256-e``
+(Dense-BatchNorm-ReLU) with MSE on clean, resized, per-channel z-scored images. Stage 2
+initialises the centroids with k-means (10 restarts) on the clean embeddings, then every step
+embeds a clean and an augmented view of the batch (random affine: rotation, shift, shear) and
+clips the autoencoder's gradients at a global norm of 500:
 
-- :class:`DEC` (Xie et al. 2016): Student-t assignments ``q`` (Eq. 1), the target ``P``
-  (Eq. 3) of the whole un-augmented training set, refreshed every ``target_interval``
-  epochs, and ``KL(P || Q)`` (Eq. 2); encoder and centroids are trained.
-- :class:`IDEC` (Guo et al. 2017): ``L = L_r + γ L_c`` (IDEC Eq. 7), the reconstruction
-  loss keeps the decoder in training; γ = 0.1.
-- :class:`DCN` (Yang et al. 2017): ``L_r + λ ½ ||z_i - m_{s_i}||^2`` with hard assignments
-  (Eq. 5); the centroids are not trained by gradient but moved with per-cluster counts
-  (Eq. 8), using the batch's embeddings before the network update (the mini-batch form
-  of the BRB authors' code).
+- :class:`DEC` (Xie et al. 2016): Student-t ``q`` (Eq. 1); the target ``P`` (Eq. 3) of the
+  clean view's ``q`` in the batch; loss ``½ [CE(P, q_clean) + CE(P, q_aug)]`` with
+  ``CE(P, Q) = -mean_i Σ_j p_ij log q_ij`` (the gradient of ``KL(P || Q)``, Eq. 2).
+- :class:`IDEC` (Guo et al. 2017): ``L_r + γ L_DEC`` (IDEC Eq. 7, γ = 0.1), ``L_r`` the MSE of
+  both views through one forward pass.
+- :class:`DCN` (Yang et al. 2017): ``L_r + λ ½ [k(z_clean) + k(z_aug)]`` with ``k`` the mean over
+  N x K of ``||z_i - m_k||^2`` times the clean view's hard assignments (Eq. 5, λ = 0.025);
+  after every epoch the centroids move with the count-based update (Eq. 8) on the clean
+  embeddings in inference mode.
 
-Each model offers what :class:`deepstab.methods.brb.BRB` needs: ``encoder``, ``embed``,
-``set_centroids`` and ``centroid_variables``.
+deepstab's earlier choices stay available as options (``views="augmented"``,
+``target="dataset"``, ``centroid_update="batch"``, ``counts="eq8"``, ``reseed_lost=True``, and
+the autoencoder's ``standardise="pixel"``, ``augmentation="shift-rotation"``, ...).
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from deepstab import checks
 from deepstab.datasets.streaming import indexed_batches
 from deepstab.methods.base import CentroidClusterer
 from deepstab.methods.losses import (
+    COUNT_RULES,
     dcn_centroid_update,
     dcn_cluster_loss,
-    kl_divergence,
+    dec_cross_entropy,
     squared_distances,
     target_distribution,
 )
@@ -41,23 +44,29 @@ from deepstab.nn.autoencoders import DenseAutoencoder
 from deepstab.nn.networks import DENSE_HIDDEN
 from deepstab.nn.steps import apply_gradients, images_of
 
+VIEWS = ("both", "augmented")
+TARGETS = ("batch", "dataset")
+CENTROID_UPDATES = ("epoch", "batch")
+
 
 class FeedForwardClusterer(CentroidClusterer):
-    """What DEC, IDEC and DCN share: the feed-forward autoencoder, and ``fit`` on batches that
-    carry their sample indices (DEC's target ``P`` is looked up by index).
+    """What DEC, IDEC and DCN share: the feed-forward autoencoder, the two views of a batch, and
+    ``fit`` on batches that carry their sample indices.
 
     Args:
         n_clusters: K.
         input_shape: image shape (H, W, C).
         embedding_dim: ``e``; ``None`` takes K, as the BRB setup.
-        hidden: encoder widths.
-        augment: pretrain and cluster on shifted and rotated views (the clustering stage
-            should see the views the autoencoder was pretrained on).
-        shift, rotation: the augmentation's range.
+        hidden, image_size, standardise, batch_norm, init, augmentation, shift, rotation, shear,
+            pretrain_augmented, clip_norm: the autoencoder's, see
+            :class:`~deepstab.nn.autoencoders.DenseAutoencoder`.
+        views: ``"both"`` (a clean and an augmented view per step, the authors') or
+            ``"augmented"`` (the augmented view only).
         alpha: Student-t degrees of freedom of the soft assignments (DEC: 1).
     """
 
     uses_decoder = False
+    kmeans_restarts = 10
 
     def __init__(
         self,
@@ -65,24 +74,47 @@ class FeedForwardClusterer(CentroidClusterer):
         input_shape: tuple[int, int, int],
         embedding_dim: int | None = None,
         hidden: tuple[int, ...] = DENSE_HIDDEN,
-        augment: bool = True,
+        image_size: int | None = None,
+        standardise: str = "channel",
+        batch_norm: bool = True,
+        init: str = "torch",
+        augmentation: str = "affine",
         shift: float = 0.1,
-        rotation: float = 10.0,
+        rotation: float = 16.0,
+        shear: float = 8.0,
+        pretrain_augmented: bool = False,
+        clip_norm: float | None = 500.0,
+        views: str = "both",
         alpha: float = 1.0,
         **kwargs,
     ):
         k = checks.n_clusters("n_clusters", n_clusters)
-        dim = k if embedding_dim is None else embedding_dim
+        views = checks.choice("views", views, VIEWS)
         autoencoder = DenseAutoencoder(
-            input_shape, dim, hidden, shift if augment else 0.0, rotation if augment else 0.0
+            input_shape,
+            k if embedding_dim is None else embedding_dim,
+            hidden,
+            image_size,
+            standardise,
+            batch_norm,
+            init,
+            augmentation,
+            shift,
+            rotation,
+            shear,
+            pretrain_augmented,
+            clip_norm,
         )
         super().__init__(k, autoencoder, alpha, **kwargs)
-        self.use_augment = bool(augment)
+        self.views = views
         self.built = True
 
     def trainable_variables_of_step(self) -> list:
         variables = self.encoder.trainable_weights + self.centroid_variables
         return variables + self.autoencoder.decoder.trainable_weights if self.uses_decoder else variables
+
+    def initialize_centroids(self, x, n_init: int | None = None, seed: int | None = None) -> np.ndarray:
+        return super().initialize_centroids(x, self.kmeans_restarts if n_init is None else n_init, seed)
 
     def fit(
         self,
@@ -96,29 +128,63 @@ class FeedForwardClusterer(CentroidClusterer):
         **kwargs,
     ):
         """Stage 2 through ``keras.Model.fit`` on images ``x`` (an array, or an
-        :class:`~deepstab.datasets.streaming.IndexedImages`). k-means (seeded by ``seed``, as the
-        batch order) initialises the centroids first when they were never set."""
+        :class:`~deepstab.datasets.streaming.IndexedImages`) in full batches of ``batch_size``.
+        k-means (seeded by ``seed``, as the batch order) initialises the centroids first when
+        they were never set."""
         who = f"{type(self).__name__}.fit"
         data = indexed_batches(x, self.image_shape, self.n_clusters, batch_size, shuffle, seed, who)
         if not self.centroids_set:
             self.initialize_centroids(data.x, seed=seed)
         return super().fit(data, epochs=epochs, callbacks=callbacks, **kwargs)
 
-    def _views(self, data):
-        x = ops.convert_to_tensor(images_of(data))
-        return self.autoencoder.augmented(x)
+    def view_pair(self, data):
+        """``(augmented, clean)`` inputs of a batch; ``clean`` is ``None`` with ``views="augmented"``."""
+        x = self.autoencoder.inputs(images_of(data))
+        return self.autoencoder.augmented(x), (x if self.views == "both" else None)
+
+    def joint_embeddings(self, augmented, clean):
+        """One forward pass of both views (batch statistics over both, as the authors' IDEC and
+        DCN); returns ``(inputs, z, z_augmented, z_clean)``."""
+        if clean is None:
+            z = self.autoencoder.core(augmented, training=True)
+            return augmented, z, z, None
+        both = ops.concatenate([augmented, clean], axis=0)
+        z = self.autoencoder.core(both, training=True)
+        n = ops.shape(augmented)[0]
+        return both, z, z[:n], z[n:]
+
+    def step(self, loss) -> dict:
+        apply_gradients(self, loss, self.trainable_variables_of_step(), self.autoencoder.clip)
+        self.loss_tracker.update_state(loss)
+        return self.get_metrics_result()
 
     def get_config(self):
-        return {**super().get_config(), "hidden": self.autoencoder.hidden, "augment": self.use_augment}
+        ae = self.autoencoder
+        return {
+            **super().get_config(),
+            "hidden": ae.hidden,
+            "image_size": ae.image_size,
+            "standardise": ae.standardise,
+            "batch_norm": ae.batch_norm,
+            "init": ae.init,
+            "augmentation": ae.augmentation,
+            "shear": ae.shear,
+            "pretrain_augmented": ae.pretrain_augmented,
+            "clip_norm": ae.clip_norm,
+            "views": self.views,
+        }
 
 
 @keras.saving.register_keras_serializable(package="deepstab")
 class DEC(FeedForwardClusterer):
-    """DEC (Xie et al. 2016): ``KL(P || Q)`` between the target distribution and the
-    Student-t assignments, trained on encoder and centroids.
+    """DEC (Xie et al. 2016): cross-entropy to the target distribution ``P`` of the Student-t
+    assignments, trained on encoder and centroids.
 
     Args (beyond :class:`FeedForwardClusterer`):
-        target_interval: refresh ``P`` on the whole training set every this many epochs.
+        target: ``"batch"`` (``P`` of the clean view's ``q`` in each batch, the BRB authors') or
+            ``"dataset"`` (``P`` of the whole clean training set, refreshed every
+            ``target_interval`` epochs and after BRB's re-clustering, as DEC's paper).
+        target_interval: epochs between refreshes of the ``"dataset"`` target.
 
     Example:
 
@@ -132,15 +198,23 @@ class DEC(FeedForwardClusterer):
     (64,)
     """
 
-    def __init__(self, n_clusters: int, input_shape: tuple[int, int, int], target_interval: int = 1, **kwargs):
+    def __init__(
+        self,
+        n_clusters: int,
+        input_shape: tuple[int, int, int],
+        target: str = "batch",
+        target_interval: int = 1,
+        **kwargs,
+    ):
         super().__init__(n_clusters, input_shape, **kwargs)
+        self.target_mode = checks.choice("target", target, TARGETS)
         self.target_interval = checks.positive_int("target_interval", target_interval)
         self.target: torch.Tensor | None = None
         self.target_stale = True
 
     @torch.no_grad()
     def refresh_target(self, x: np.ndarray) -> None:
-        """DEC Eq. 3 on the soft assignments of the whole (un-augmented) training set."""
+        """DEC Eq. 3 on the soft assignments of the whole (clean) training set."""
         z = ops.convert_to_tensor(self.embed(x))
         q = ops.concatenate([self.clustering(z[i : i + 65536]) for i in range(0, len(x), 65536)], axis=0)
         self.target = target_distribution(q)
@@ -150,31 +224,34 @@ class DEC(FeedForwardClusterer):
         self.target_stale = True
 
     def training_callbacks(self, x, callbacks: list) -> list:
-        return [TargetRefresh(x.x)]  # after BRB: it sees the centroids BRB set at the same epoch start
+        # after BRB: it sees the centroids BRB set at the same epoch start
+        return [TargetRefresh(x.x)] if self.target_mode == "dataset" else []
 
-    def clustering_loss(self, q, index):
-        """DEC Eq. 2 against the rows of the current target ``P``."""
-        return kl_divergence(self.target[ops.convert_to_tensor(index)], q)
-
-    def step_loss(self, x, z, index):
-        """The loss of one iteration: ``KL(P || Q)`` for DEC."""
-        return self.clustering_loss(self.clustering(z), index)
+    def clustering_loss(self, z_augmented, z_clean, index):
+        """The DEC loss of a batch from the embeddings of its views (``z_clean`` may be ``None``)."""
+        q_augmented = self.clustering(z_augmented)
+        q_clean = None if z_clean is None else self.clustering(z_clean)
+        if self.target_mode == "dataset":
+            p = self.target[ops.convert_to_tensor(index)]
+        else:
+            p = ops.stop_gradient(target_distribution(q_augmented if q_clean is None else q_clean))
+        loss = dec_cross_entropy(p, q_augmented)
+        return loss if q_clean is None else (dec_cross_entropy(p, q_clean) + loss) / 2
 
     def train_step(self, data):
-        """One iteration on an augmented batch, with :meth:`step_loss`."""
-        x = self._views(data)
-        loss = self.step_loss(x, self.encoder(x, training=True), data[1])
-        apply_gradients(self, loss, self.trainable_variables_of_step())
-        self.loss_tracker.update_state(loss)
-        return self.get_metrics_result()
+        """One DEC iteration: each view through the encoder on its own (its own batch statistics)."""
+        augmented, clean = self.view_pair(data)
+        core = self.autoencoder.core
+        z_clean = None if clean is None else core(clean, training=True)
+        return self.step(self.clustering_loss(core(augmented, training=True), z_clean, data[1]))
 
     def get_config(self):
-        return {**super().get_config(), "target_interval": self.target_interval}
+        return {**super().get_config(), "target": self.target_mode, "target_interval": self.target_interval}
 
 
 @keras.saving.register_keras_serializable(package="deepstab")
 class IDEC(DEC):
-    """IDEC (Guo et al. 2017): ``L = L_r + γ KL(P || Q)`` (IDEC Eq. 7), so the decoder keeps
+    """IDEC (Guo et al. 2017): ``L = L_r + γ L_DEC`` (IDEC Eq. 7), so the decoder keeps
     training and the embedding keeps the data's local structure.
 
     Args (beyond :class:`DEC`):
@@ -187,9 +264,11 @@ class IDEC(DEC):
         super().__init__(n_clusters, input_shape, **kwargs)
         self.gamma = checks.non_negative("gamma", gamma)
 
-    def step_loss(self, x, z, index):
-        """IDEC Eq. 7: ``L_r + γ KL(P || Q)``."""
-        return self.autoencoder.reconstruction_loss(x, z) + self.gamma * super().step_loss(x, z, index)
+    def train_step(self, data):
+        """One IDEC iteration: both views through one forward pass."""
+        inputs, z, z_augmented, z_clean = self.joint_embeddings(*self.view_pair(data))
+        loss = self.autoencoder.reconstruction_loss(inputs, z)
+        return self.step(loss + self.gamma * self.clustering_loss(z_augmented, z_clean, data[1]))
 
     def get_config(self):
         return {**super().get_config(), "gamma": self.gamma}
@@ -197,19 +276,20 @@ class IDEC(DEC):
 
 @keras.saving.register_keras_serializable(package="deepstab")
 class DCN(FeedForwardClusterer):
-    """DCN (Yang et al. 2017): reconstruction plus ``λ ½ ||z_i - m_{s_i}||^2`` with hard
-    assignments; centroids moved by the count-based update (Eq. 8), not by gradients.
+    """DCN (Yang et al. 2017): reconstruction plus the k-means term with hard assignments; the
+    centroids are moved by the count-based update (Eq. 8), not by gradients.
 
     Args (beyond :class:`FeedForwardClusterer`):
-        lam: λ, the weight of the k-means term (DCN Eq. 5).
-        initial_count: the count ``c_k`` every centroid starts from (and restarts from after
-            BRB's re-clustering); 100 as the DCN authors' code, so the first batches do not
-            drag a centroid onto a handful of samples.
-
-    A cluster that receives no sample during an epoch is re-seeded at the embedding of a
-    random training image (count back to ``initial_count``), as the DCN authors' code does
-    with lost clusters: the k-means term can shrink the embedding until one centroid is
-    nearest to every sample, and a lost centroid never moves again. ``reseeded`` counts them.
+        lam: λ, the weight of the k-means term (the BRB authors' 0.025 on the mean over N x K).
+        centroid_update: ``"epoch"`` (after every epoch, a pass over the clean training images in
+            inference mode, batch by batch; the authors') or ``"batch"`` (every step, from the
+            batch's training-mode embeddings before the network update).
+        counts: ``"frozen"`` (the step ``1 / (c_k + 1)`` with ``c_k`` fixed at
+            ``initial_count``: what the authors' code computes) or ``"eq8"`` (counts grow with
+            every sample, DCN Eq. 8).
+        initial_count: the count ``c_k`` every centroid starts from (100, as the authors').
+        reseed_lost: re-seed a cluster that got no sample during an epoch at the embedding of a
+            random training image (count back to ``initial_count``); the authors' code does not.
     """
 
     uses_decoder = True
@@ -218,20 +298,54 @@ class DCN(FeedForwardClusterer):
         self,
         n_clusters: int,
         input_shape: tuple[int, int, int],
-        lam: float = 0.05,
+        lam: float = 0.025,
+        centroid_update: str = "epoch",
+        counts: str = "frozen",
         initial_count: float = 100.0,
+        reseed_lost: bool = False,
         **kwargs,
     ):
         super().__init__(n_clusters, input_shape, **kwargs)
         self.lam = checks.non_negative("lam", lam)
+        self.centroid_update = checks.choice("centroid_update", centroid_update, CENTROID_UPDATES)
+        self.count_rule = checks.choice("counts", counts, COUNT_RULES)
         self.initial_count = checks.positive("initial_count", initial_count)
+        self.reseed_lost = bool(reseed_lost)
         self.clustering.trainable = False
         self.counts = self.add_weight(name="counts", shape=(self.n_clusters,), initializer="ones", trainable=False)
         self.assigned_this_epoch: torch.Tensor | None = None
         self.reseeded = 0
 
     def training_callbacks(self, x, callbacks: list) -> list:
-        return [LostClusterReseed(x.x)]
+        return [DCNEpochEnd(x)]
+
+    def set_centroids(self, centres: np.ndarray) -> None:
+        super().set_centroids(centres)
+        self.counts.assign(np.full(self.n_clusters, self.initial_count, dtype=np.float32))
+
+    @property
+    def centroid_variables(self) -> list:
+        return []  # moved by Eq. 8, not by the optimizer
+
+    @torch.no_grad()
+    def move_centroids(self, z, assignments) -> None:
+        """Eq. 8 for one batch of embeddings and their assignments; counts what each cluster got."""
+        centroids = self.clustering.centroids.value
+        centroids, counts = dcn_centroid_update(centroids, self.counts.value, z, assignments, self.count_rule)
+        got = ops.sum(ops.one_hot(assignments, self.n_clusters, dtype=z.dtype), axis=0)
+        self.assigned_this_epoch = got if self.assigned_this_epoch is None else self.assigned_this_epoch + got
+        self.clustering.centroids.assign(centroids)
+        self.counts.assign(counts)
+
+    @torch.no_grad()
+    def centroid_pass(self, x: np.ndarray, batch_size: int, rng: np.random.Generator) -> None:
+        """The authors' epoch-end update: clean images in a random order, full batches, embedded in
+        inference mode, each batch assigned to the centroids as the previous batches left them."""
+        order = rng.permutation(len(x))
+        for start in range(0, len(x) - batch_size + 1, batch_size):
+            batch = np.asarray(x[np.sort(order[start : start + batch_size])], np.float32)
+            z = self.autoencoder.encoder(ops.convert_to_tensor(batch), training=False)
+            self.move_centroids(z, ops.argmin(squared_distances(z, self.clustering.centroids.value), axis=1))
 
     def reseed_lost_clusters(self, x: np.ndarray, rng: np.random.Generator) -> int:
         """Move the centroids that got no sample this epoch onto random embeddings of ``x``."""
@@ -249,42 +363,37 @@ class DCN(FeedForwardClusterer):
             self.reseeded += len(lost)
         return len(lost)
 
-    def set_centroids(self, centres: np.ndarray) -> None:
-        super().set_centroids(centres)
-        self.counts.assign(np.full(self.n_clusters, self.initial_count, dtype=np.float32))
-
-    @property
-    def centroid_variables(self) -> list:
-        return []  # moved by Eq. 8, not by the optimizer
-
     def train_step(self, data):
-        """One DCN iteration: network update on Eq. 5 with fixed assignments, then Eq. 8."""
-        x = self._views(data)
-        z = self.encoder(x, training=True)
+        """One DCN iteration: both views through one forward pass; the assignments are the clean
+        view's nearest centroids, held fixed."""
+        inputs, z, z_augmented, z_clean = self.joint_embeddings(*self.view_pair(data))
         centroids = self.clustering.centroids.value
         with torch.no_grad():
-            assignments = ops.argmin(squared_distances(z, centroids), axis=1)
-        loss = self.autoencoder.reconstruction_loss(x, z) + self.lam * dcn_cluster_loss(z, centroids, assignments)
-        apply_gradients(self, loss, self.trainable_variables_of_step())
-        with torch.no_grad():
-            counts = self.counts.value
-            new_centroids, new_counts = dcn_centroid_update(centroids, counts, z.detach(), assignments)
-            assigned = new_counts - counts
-            self.assigned_this_epoch = (
-                assigned if self.assigned_this_epoch is None else self.assigned_this_epoch + assigned
-            )
-            self.clustering.centroids.assign(new_centroids)
-            self.counts.assign(new_counts)
-        self.loss_tracker.update_state(loss)
-        return self.get_metrics_result()
+            assigned_by = z_augmented if z_clean is None else z_clean
+            assignments = ops.argmin(squared_distances(assigned_by, centroids), axis=1)
+        k_term = dcn_cluster_loss(z_augmented, centroids, assignments)
+        if z_clean is not None:
+            k_term = (dcn_cluster_loss(z_clean, centroids, assignments) + k_term) / 2
+        before = assigned_by.detach()
+        metrics = self.step(self.autoencoder.reconstruction_loss(inputs, z) + self.lam * k_term)
+        if self.centroid_update == "batch":
+            self.move_centroids(before, assignments)
+        return metrics
 
     def get_config(self):
-        return {**super().get_config(), "lam": self.lam, "initial_count": self.initial_count}
+        return {
+            **super().get_config(),
+            "lam": self.lam,
+            "centroid_update": self.centroid_update,
+            "counts": self.count_rule,
+            "initial_count": self.initial_count,
+            "reseed_lost": self.reseed_lost,
+        }
 
 
 class TargetRefresh(keras.callbacks.Callback):
-    """DEC/IDEC: recompute the target ``P`` from the whole training set at the start of every
-    ``target_interval``-th epoch, and whenever BRB replaced the centroids."""
+    """DEC/IDEC with ``target="dataset"``: recompute ``P`` from the whole training set at the
+    start of every ``target_interval``-th epoch, and whenever BRB replaced the centroids."""
 
     def __init__(self, x: np.ndarray):
         super().__init__()
@@ -296,17 +405,24 @@ class TargetRefresh(keras.callbacks.Callback):
             model.refresh_target(self.x)
 
 
-class LostClusterReseed(keras.callbacks.Callback):
-    """DCN: at every epoch end, re-seed the clusters that got no sample (logs ``reseeded``)."""
+class DCNEpochEnd(keras.callbacks.Callback):
+    """DCN at every epoch end: the centroid pass (``centroid_update="epoch"``), then, with
+    ``reseed_lost``, the re-seeding of clusters that got no sample (logged as ``reseeded``)."""
 
-    def __init__(self, x: np.ndarray, seed: int = 0):
+    def __init__(self, data, seed: int = 0):
         super().__init__()
-        self.x, self.rng = x, np.random.default_rng(seed)
+        self.data, self.rng = data, np.random.default_rng(seed)
 
     def on_epoch_end(self, epoch, logs=None):
-        count = self.model.reseed_lost_clusters(self.x, self.rng)
-        if logs is not None:
-            logs["reseeded"] = float(count)
+        model = self.model
+        if model.centroid_update == "epoch":
+            model.centroid_pass(self.data.x, self.data.batch_size, self.rng)
+        if model.reseed_lost:
+            count = model.reseed_lost_clusters(self.data.x, self.rng)
+            if logs is not None:
+                logs["reseeded"] = float(count)
+        else:
+            model.assigned_this_epoch = None
 
 
 METHODS: dict[str, type[FeedForwardClusterer]] = {"dec": DEC, "idec": IDEC, "dcn": DCN}

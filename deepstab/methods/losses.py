@@ -143,10 +143,12 @@ def target_distribution(q):
     return weight / ops.sum(weight, axis=1, keepdims=True)
 
 
-def kl_divergence(p, q, eps: float = 1e-12):
-    """DEC Eq. 2: ``KL(P || Q) = Σ_i Σ_j p_ij log(p_ij / q_ij)``, averaged over the samples."""
+def dec_cross_entropy(p, q, eps: float = 1e-8):
+    """DEC's clustering loss as the BRB authors' code computes it:
+    ``-mean_i Σ_j p_ij log(q_ij + eps)``. It equals ``KL(P || Q)`` (DEC Eq. 2) plus the entropy
+    of ``P``, which has no gradient (``P`` is a fixed target), so the two train identically."""
     p, q = ops.convert_to_tensor(p), ops.convert_to_tensor(q)
-    return ops.mean(ops.sum(p * (ops.log(p + eps) - ops.log(q + eps)), axis=1))
+    return -ops.mean(ops.sum(p * ops.log(q + like(eps, q)), axis=1))
 
 
 def squared_distances(z, centroids):
@@ -155,26 +157,36 @@ def squared_distances(z, centroids):
 
 
 def dcn_cluster_loss(z, centroids, assignments):
-    """DCN Eq. 5, clustering term per sample: ``½ ||z_i - m_{s_i}||^2`` averaged over the
-    batch (the caller multiplies by λ), with the hard assignments ``s_i`` held fixed."""
+    """DCN's k-means term (Eq. 5) as the BRB authors' code computes it: the mean over all N x K
+    entries of ``D * A``, with ``D_ik = ||z_i - m_k||^2`` and ``A`` the one-hot hard assignments
+    (held fixed), i.e. ``mean_i ||z_i - m_{s_i}||^2 / K`` (the caller multiplies by λ)."""
     z, centroids = ops.convert_to_tensor(z), ops.convert_to_tensor(centroids)
-    return 0.5 * ops.mean(
-        ops.sum(ops.square(z - ops.take(centroids, ops.convert_to_tensor(assignments), axis=0)), axis=1)
-    )
+    distances = squared_distances(z, centroids)
+    return ops.mean(distances * ops.one_hot(ops.convert_to_tensor(assignments), ops.shape(centroids)[0], dtype=z.dtype))
 
 
-def dcn_centroid_update(centroids, counts, z, assignments):
-    """DCN Eq. 8 for a batch: for each sample in turn, ``c_k ← c_k + 1`` and
-    ``m_k ← m_k - (1 / c_k)(m_k - z_i)`` for its cluster ``k = s_i``.
+COUNT_RULES = ("frozen", "eq8")
 
-    Done in closed form, which equals the sequential updates: after ``n_k`` samples,
-    ``m_k = (c_k m_k + Σ z_i) / (c_k + n_k)``. Returns the new ``(centroids, counts)``.
+
+def dcn_centroid_update(centroids, counts, z, assignments, rule: str = "frozen"):
+    """DCN's centroid update (Eq. 8) for one batch; returns the new ``(centroids, counts)``.
+
+    ``"eq8"``: for each sample in turn, ``c_k ← c_k + 1`` and ``m_k ← m_k - (1 / c_k)(m_k - z_i)``
+    for its cluster ``k``; in closed form, ``m_k ← (c_k m_k + Σ z_i) / (c_k + n_k)``.
+    ``"frozen"``: what the BRB authors' code computes (its mini-batch update with the learning-rate
+    argument left at 0): each cluster with ``n_k ≥ 1`` samples in the batch moves
+    ``m_k ← m_k + (mean_k z - m_k) / (c_k + 1)`` and the counts never change.
     """
     centroids, counts, z = (ops.convert_to_tensor(t) for t in (centroids, counts, z))
-    k = ops.shape(centroids)[0]
-    one_hot = ops.one_hot(assignments, k, dtype=z.dtype)  # (N, K)
+    one_hot = ops.one_hot(assignments, ops.shape(centroids)[0], dtype=z.dtype)  # (N, K)
     n = ops.sum(one_hot, axis=0)
     sums = ops.matmul(ops.transpose(one_hot), z)
-    new_counts = counts + n
-    new_centroids = (ops.expand_dims(counts, 1) * centroids + sums) / ops.expand_dims(new_counts, 1)
-    return new_centroids, new_counts
+    if rule == "eq8":
+        new_counts = counts + n
+        return (ops.expand_dims(counts, 1) * centroids + sums) / ops.expand_dims(new_counts, 1), new_counts
+    if rule != "frozen":
+        raise ValueError(f"rule must be one of {COUNT_RULES}, got {rule!r}.")
+    present = ops.expand_dims(n > 0, 1)
+    means = sums / ops.expand_dims(ops.maximum(n, like(1.0, n)), 1)
+    moved = centroids + (means - centroids) / ops.expand_dims(counts + 1.0, 1)
+    return ops.where(present, moved, centroids), counts

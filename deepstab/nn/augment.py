@@ -82,6 +82,80 @@ class RandomShiftRotation(keras.layers.Layer):
         return {**super().get_config(), "shift": self.shift, "rotation": self.rotation, "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="deepstab")
+class RandomAffine(RandomShiftRotation):
+    """Random rotation, shear along x and shift of NHWC images, as torchvision's ``RandomAffine``
+    that the BRB authors' code applies to grey images (rotation ±16°, shifts up to 10% rounded
+    to whole pixels, x-shear ±8°, nearest-neighbour sampling, zeros outside the image).
+
+    Each image is mapped by ``p_in = M (p_out - t)`` with ``M`` the inverse of a rotation by
+    ``θ ~ U(±rotation)`` after a shear by ``φ ~ U(±shear)``, and ``t`` the shift in pixels.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = RandomAffine(seed=0)
+    >>> x = np.random.rand(4, 28, 28, 1).astype("float32")
+    >>> view = keras.ops.convert_to_numpy(layer(x, training=True))
+    >>> view.shape, bool(np.isin(view, np.append(x, 0.0)).all())  # nearest sampling: old pixels or 0
+    ((4, 28, 28, 1), True)
+    """
+
+    def __init__(
+        self,
+        shift: float = 0.1,
+        rotation: float = 16.0,
+        shear: float = 8.0,
+        whole_pixels: bool = True,
+        interpolation: str = "nearest",
+        fill: str = "zeros",
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(shift, rotation, seed, **kwargs)
+        self.shear = checks.in_range("shear", shear, 0.0, 89.0)
+        self.whole_pixels = bool(whole_pixels)
+        self.interpolation = checks.choice("interpolation", interpolation, ("nearest", "bilinear"))
+        self.fill = checks.choice("fill", fill, ("zeros", "border"))
+
+    def transforms(self, n: int, height: int, width: int):
+        degrees = math.pi / 180.0
+        angle = keras.random.uniform((n,), -1.0, 1.0, seed=self.seed_generator) * self.rotation * degrees
+        shifts = keras.random.uniform((n, 2), -1.0, 1.0, seed=self.seed_generator) * self.shift
+        shear = keras.random.uniform((n,), -1.0, 1.0, seed=self.seed_generator) * self.shear * degrees
+        tx, ty = shifts[:, 0] * width, shifts[:, 1] * height  # in pixels
+        if self.whole_pixels:
+            tx, ty = ops.round(tx), ops.round(ty)
+        cos, sin, tan = ops.cos(angle), ops.sin(angle), ops.tan(shear)
+        # M = (shear φ along x)^-1 (rotation θ)^-1, in pixel units about the image centre
+        m00, m01 = cos - tan * sin, sin + tan * cos
+        m10, m11 = -sin, cos
+        half_w, half_h = width / 2.0, height / 2.0
+        row1 = ops.stack([m00, m01 * half_h / half_w, -(m00 * tx + m01 * ty) / half_w], axis=1)
+        row2 = ops.stack([m10 * half_w / half_h, m11, -(m10 * tx + m11 * ty) / half_h], axis=1)
+        return ops.stack([row1, row2], axis=1)
+
+    def call(self, x, training=False):
+        if not training or (self.shift == 0.0 and self.rotation == 0.0 and self.shear == 0.0):
+            return x
+        x = ops.convert_to_tensor(x)
+        n, height, width, channels = x.shape
+        grid = F.affine_grid(self.transforms(n, height, width), [n, channels, height, width], align_corners=False)
+        warped = F.grid_sample(
+            x.permute(0, 3, 1, 2), grid, mode=self.interpolation, padding_mode=self.fill, align_corners=False
+        )
+        return warped.permute(0, 2, 3, 1)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "shear": self.shear,
+            "whole_pixels": self.whole_pixels,
+            "interpolation": self.interpolation,
+            "fill": self.fill,
+        }
+
+
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
 

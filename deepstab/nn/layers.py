@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import torch.nn.functional as F
 from keras import ops
 
@@ -104,3 +105,68 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             momentum=1.0 - self.momentum,
             eps=self.epsilon,
         )
+
+
+@keras.saving.register_keras_serializable(package="deepstab")
+class Standardize(keras.layers.Layer):
+    """``(x - mean) / std`` with fixed statistics of shape ``stats_shape`` that broadcast over
+    NHWC inputs: one value per channel (``(C,)``) or per pixel (``(H, W, C)``). The statistics
+    are weights (saved with the model) set by :meth:`set_statistics`; they start at 0 and 1.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = Standardize((1,))
+    >>> layer.set_statistics(np.array([0.5]), np.array([0.25]))
+    >>> keras.ops.convert_to_numpy(layer(np.full((1, 2, 2, 1), 1.0, "float32"))).ravel().tolist()
+    [2.0, 2.0, 2.0, 2.0]
+    """
+
+    def __init__(self, stats_shape: tuple[int, ...], **kwargs):
+        super().__init__(**kwargs)
+        self.stats_shape = tuple(int(s) for s in stats_shape)
+        self.mean = self.add_weight(name="mean", shape=self.stats_shape, initializer="zeros", trainable=False)
+        self.std = self.add_weight(name="std", shape=self.stats_shape, initializer="ones", trainable=False)
+
+    def set_statistics(self, mean, std) -> None:
+        self.mean.assign(np.asarray(mean, np.float32).reshape(self.stats_shape))
+        self.std.assign(np.asarray(std, np.float32).reshape(self.stats_shape))
+
+    def call(self, x):
+        return (x - self.mean) / self.std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "stats_shape": self.stats_shape}
+
+
+@keras.saving.register_keras_serializable(package="deepstab")
+class Resize(keras.layers.Layer):
+    """Bilinear resizing of NHWC images to ``size`` (height, width), as torchvision's ``Resize``
+    on tensors (half-pixel centres, antialiasing when shrinking).
+
+    Example:
+
+    >>> import numpy as np
+    >>> Resize((4, 4))(np.ones((2, 2, 2, 1), "float32")).shape
+    torch.Size([2, 4, 4, 1])
+    """
+
+    def __init__(self, size: tuple[int, int], **kwargs):
+        super().__init__(**kwargs)
+        self.size = tuple(int(s) for s in size)
+
+    def call(self, x):
+        x = ops.convert_to_tensor(x)
+        resized = F.interpolate(
+            x.permute(0, 3, 1, 2), size=self.size, mode="bilinear", align_corners=False, antialias=True
+        )
+        return resized.permute(0, 2, 3, 1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.size, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}

@@ -17,11 +17,13 @@ layout PyTorch's convolutions want, which saves a layout copy per layer.
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers
 
 from deepstab import checks
-from deepstab.nn.layers import FusedBatchNormalization
+from deepstab.nn.layers import FusedBatchNormalization, Standardize
 
 DEFAULT_FILTERS = (32, 64, 128, 256)
 CF = "channels_first"
@@ -158,15 +160,49 @@ def build_mlp(input_dim: int, hidden: int = 4096, output_dim: int = 256, name: s
 
 
 DENSE_HIDDEN = (1024, 512, 256)
+INITS = ("torch", "glorot")
+
+
+def _dense(units: int, fan_in: int, init: str, name: str | None = None) -> layers.Dense:
+    """A Dense layer initialised as PyTorch's ``nn.Linear`` (``init="torch"``: kernel and bias
+    ``U(±1/sqrt(fan_in))``) or as Keras's default (``"glorot"``: Glorot-uniform kernel, zero bias)."""
+    if init == "glorot":
+        return layers.Dense(units, name=name)
+    bound = 1.0 / math.sqrt(fan_in)
+    return layers.Dense(
+        units,
+        kernel_initializer=keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
+        bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+        name=name,
+    )
+
+
+def _mlp(h, widths: tuple[int, ...], out: int, batch_norm: bool, init: str, out_name: str):
+    """``widths`` hidden Dense layers (each with batch normalisation when asked, then ReLU), then a
+    linear Dense of ``out`` units named ``out_name``."""
+    fan_in = h.shape[-1]
+    for units in widths:
+        h = _dense(units, fan_in, init)(h)
+        if batch_norm:  # PyTorch's BatchNorm1d defaults: running-average momentum 0.1, eps 1e-5
+            h = FusedBatchNormalization(momentum=0.9, epsilon=1e-5)(h)
+        h, fan_in = layers.ReLU()(h), units
+    return _dense(out, fan_in, init, name=out_name)(h)
 
 
 def build_dense_autoencoder(
-    input_shape: tuple[int, int, int], embedding_dim: int, hidden: tuple[int, ...] = DENSE_HIDDEN
+    input_shape: tuple[int, int, int],
+    embedding_dim: int,
+    hidden: tuple[int, ...] = DENSE_HIDDEN,
+    batch_norm: bool = True,
+    init: str = "torch",
+    stats_shape: tuple[int, ...] | None = None,
 ) -> tuple[keras.Model, keras.Model]:
-    """The feed-forward ``(encoder, decoder)`` of the BRB setup: images are flattened and
-    standardised per feature (the ``standardise`` layer, fitted with ``adapt``), then
-    ``d-1024-512-256-e`` with ReLU; the decoder mirrors it back to the ``d`` standardised
-    features. The last encoder layer is named ``embedding``.
+    """The feed-forward ``(encoder, decoder)`` of the BRB setup (the BRB authors'
+    ``feedforward_large``): images are standardised by the ``standardise`` layer (fixed
+    statistics of shape ``stats_shape``, one per channel by default) and flattened to ``d``
+    features, then ``d-1024-512-256-e``, each hidden layer Dense-BatchNorm-ReLU, a linear
+    embedding layer named ``embedding``; the decoder mirrors it back to the ``d`` standardised
+    features with a linear output.
 
     Example:
 
@@ -174,17 +210,13 @@ def build_dense_autoencoder(
     >>> encoder.output_shape, decoder.output_shape
     ((None, 10), (None, 64))
     """
-    dim = 1
-    for side in input_shape:
-        dim *= int(side)
-    inputs = keras.Input(shape=tuple(int(s) for s in input_shape), name="image")
-    h = layers.Normalization(axis=-1, name="standardise")(layers.Flatten()(inputs))
-    for units in hidden:
-        h = layers.Dense(units, activation="relu")(h)
-    encoder = keras.Model(inputs, layers.Dense(embedding_dim, name="embedding")(h), name="encoder")
+    shape = tuple(int(s) for s in input_shape)
+    checks.choice("init", init, INITS)
+    inputs = keras.Input(shape=shape, name="image")
+    h = layers.Flatten()(Standardize(stats_shape or shape[-1:], name="standardise")(inputs))
+    encoder = keras.Model(inputs, _mlp(h, hidden, embedding_dim, batch_norm, init, "embedding"), name="encoder")
     code = keras.Input(shape=(embedding_dim,), name="embedding")
-    h = code
-    for units in reversed(hidden):
-        h = layers.Dense(units, activation="relu")(h)
-    decoder = keras.Model(code, layers.Dense(dim, name="reconstruction")(h), name="decoder")
+    decoder = keras.Model(
+        code, _mlp(code, tuple(reversed(hidden)), math.prod(shape), batch_norm, init, "reconstruction"), name="decoder"
+    )
     return encoder, decoder

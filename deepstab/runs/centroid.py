@@ -21,18 +21,48 @@ from deepstab.analysis.progress import LabelMetrics
 from deepstab.checkpoint import Checkpoint
 from deepstab.errors import DeepstabError
 from deepstab.io import atomic_path, save_model, write_labels_csv
-from deepstab.methods.brb import BRB
-from deepstab.methods.dec import DCN, DEC, IDEC, METHODS, FeedForwardClusterer
+from deepstab.methods.brb import BRB, RESET_DRAWS, SUBSAMPLES
+from deepstab.methods.dec import CENTROID_UPDATES, DCN, DEC, IDEC, METHODS, TARGETS, VIEWS, FeedForwardClusterer
+from deepstab.methods.losses import COUNT_RULES
 from deepstab.metrics import cluster_sizes, evaluate
-from deepstab.runs.common import checkpoint_folder, choose_n_clusters, format_metrics, pretrained_autoencoder
+from deepstab.nn.autoencoders import AUGMENTATIONS, STANDARDISATIONS
+from deepstab.nn.networks import INITS
+from deepstab.runs.common import (
+    autoencoder_path,
+    checkpoint_folder,
+    choose_n_clusters,
+    format_metrics,
+    pretrained_autoencoder,
+)
 from deepstab.runs.settings import RunSettings, default_of, output_path, setting
 
-METHOD_ONLY = {"target_interval": ("dec", "idec"), "gamma": ("idec",), "lam": ("dcn",)}
+METHOD_ONLY = {
+    "target": ("dec", "idec"),
+    "target_interval": ("dec", "idec"),
+    "gamma": ("idec",),
+    "lam": ("dcn",),
+    "centroid_update": ("dcn",),
+    "counts": ("dcn",),
+    "reseed_lost": ("dcn",),
+}
+# The settings that change the pretrained autoencoder (with the data, its cache key).
+AUTOENCODER_SETTINGS = (
+    "embedding_dim", "image_size", "standardise", "batch_norm", "init", "augmentation", "pretrain_augmented",
+    "clip_norm", "pretrain_epochs", "pretrain_batch_size", "lr", "seed",
+)  # fmt: skip
+
+
+def _own(cls: type, name: str, help: str, **kwargs):
+    """A setting whose default is ``cls``'s constructor default for ``name``."""
+    return setting(default_of(cls, name), help, **kwargs)
 
 
 @dataclass
 class CentroidRun(RunSettings):
-    """Everything that defines a DEC/IDEC/DCN run (defaults: the BRB authors' feed-forward setup)."""
+    """Everything that defines a DEC/IDEC/DCN run. The defaults are the BRB authors' code and
+    configuration for the feed-forward runs of their paper."""
+
+    adam_epsilon = 1e-8  # PyTorch's, as the BRB authors' code
 
     method: str = setting("dec", "The centroid method.", choices=tuple(METHODS), cli=False)
     dataset: str = setting("usps", "Dataset name (see `datasets`), npz:PATH or folder:PATH.")
@@ -42,60 +72,128 @@ class CentroidRun(RunSettings):
     embedding_dim: int | None = setting(
         None, "Embedding size e of d-1024-512-256-e. [default: K]", check=checks.positive_int
     )
+    image_size: int | None = _own(
+        FeedForwardClusterer,
+        "image_size",
+        "Side the images are resized to first. [default: 28 for grey images, 32 for colour, as the BRB authors]",
+        check=checks.positive_int,
+    )
+    standardise: str = _own(
+        FeedForwardClusterer,
+        "standardise",
+        "channel: one mean and std per channel (the BRB authors); pixel: per pixel, std floored at the average.",
+        choices=STANDARDISATIONS,
+    )
+    batch_norm: bool = _own(FeedForwardClusterer, "batch_norm", "Batch normalisation after every hidden layer.")
+    init: str = _own(
+        FeedForwardClusterer, "init", "Initial weights: torch (nn.Linear's) or glorot (Keras's).", choices=INITS
+    )
+    augmentation: str = _own(
+        FeedForwardClusterer,
+        "augmentation",
+        "Random views: affine (rotation ±16°, whole-pixel shift ≤10%, x-shear ±8°, nearest; the BRB authors), "
+        "shift-rotation (DECS's: ±10°, ±10%, bilinear) or none.",
+        choices=AUGMENTATIONS,
+    )
+    pretrain_augmented: bool = _own(
+        FeedForwardClusterer,
+        "pretrain_augmented",
+        "Pretrain on random views (the BRB authors pretrain on clean images).",
+    )
+    clip_norm: float | None = _own(
+        FeedForwardClusterer,
+        "clip_norm",
+        "Clip the autoencoder's gradients to this global norm.",
+        check=checks.positive,
+    )
+    views: str = _own(
+        FeedForwardClusterer,
+        "views",
+        "both: a clean and an augmented view per step (the BRB authors); augmented: the augmented view only.",
+        choices=VIEWS,
+    )
     pretrain_epochs: int = setting(250, "Autoencoder pretraining epochs (MSE, Adam).", check=checks.non_negative_int)
     pretrain_batch_size: int = setting(256, "Pretraining batch size.", check=checks.positive_int)
     epochs: int = setting(400, "Clustering epochs.", check=checks.non_negative_int)
     batch_size: int = setting(256, "Clustering batch size.", check=checks.positive_int)
-    lr: float = setting(1e-3, "Adam learning rate for both stages.", check=checks.positive)
-    augment: bool = setting(
-        default_of(FeedForwardClusterer, "augment"), "Pretrain and cluster on shifted and rotated views."
-    )
-    alpha: float = setting(
-        default_of(FeedForwardClusterer, "alpha"),
+    lr: float = setting(1e-3, "Adam learning rate for both stages (epsilon 1e-8, as PyTorch's).", check=checks.positive)
+    alpha: float = _own(
+        FeedForwardClusterer,
+        "alpha",
         "Student-t degrees of freedom of the soft assignments.",
         check=checks.positive,
         cli=False,
     )
-    target_interval: int = setting(
-        default_of(DEC, "target_interval"),
-        "Refresh the target distribution P every N epochs.",
+    target: str = _own(
+        DEC,
+        "target",
+        "batch: P of the clean view in each batch (the BRB authors); dataset: P of the whole training set.",
+        choices=TARGETS,
+        commands=METHOD_ONLY["target"],
+    )
+    target_interval: int = _own(
+        DEC,
+        "target_interval",
+        "With --target dataset, refresh P every N epochs.",
         check=checks.positive_int,
         commands=METHOD_ONLY["target_interval"],
     )
-    gamma: float = setting(
-        default_of(IDEC, "gamma"),
+    gamma: float = _own(
+        IDEC,
+        "gamma",
         "γ: weight of the clustering loss, L = L_r + γ L_c (IDEC Eq. 7).",
         check=checks.non_negative,
         commands=METHOD_ONLY["gamma"],
     )
-    lam: float = setting(
-        default_of(DCN, "lam"),
-        "λ: weight of the k-means term (λ/2)||z - m||² (DCN Eq. 5).",
+    lam: float = _own(
+        DCN,
+        "lam",
+        "λ: weight of the k-means term, the mean over N x K of ||z - m||² A (DCN Eq. 5, the BRB authors).",
         check=checks.non_negative,
         commands=METHOD_ONLY["lam"],
+    )
+    centroid_update: str = _own(
+        DCN,
+        "centroid_update",
+        "epoch: a pass over the clean images after every epoch (the BRB authors); batch: every step.",
+        choices=CENTROID_UPDATES,
+        commands=METHOD_ONLY["centroid_update"],
+    )
+    counts: str = _own(
+        DCN,
+        "counts",
+        "frozen: step 1/(c+1) with c fixed at 100 (what the BRB authors' code computes); eq8: counts grow (DCN Eq. 8).",
+        choices=COUNT_RULES,
+        commands=METHOD_ONLY["counts"],
+    )
+    reseed_lost: bool = _own(
+        DCN, "reseed_lost", "Re-seed clusters that got no sample in an epoch.", commands=METHOD_ONLY["reseed_lost"]
     )
     brb: bool = setting(
         False, "Break the reclustering barrier (ICLR 2025): soft reset and re-clustering every --brb-interval epochs."
     )
-    brb_interval: int = setting(
-        default_of(BRB, "interval"), "Epochs T between BRB interventions.", check=checks.positive_int
+    brb_interval: int = _own(BRB, "interval", "Epochs T between BRB interventions.", check=checks.positive_int)
+    brb_alpha: float = _own(BRB, "alpha", "Soft-reset factor α: θ ← α θ + (1 - α) φ.", check=checks.fraction)
+    brb_subsample: int = _own(
+        BRB, "subsample", "Images embedded for BRB's k-means re-clustering.", check=checks.positive_int
     )
-    brb_alpha: float = setting(
-        default_of(BRB, "alpha"), "Soft-reset factor α: θ ← α θ + (1 - α) φ.", check=checks.fraction
+    brb_subsample_order: str = _own(
+        BRB,
+        "subsample_order",
+        "first: the first images every time (the BRB authors); random: a new random sample.",
+        choices=SUBSAMPLES,
     )
-    brb_subsample: int = setting(
-        default_of(BRB, "subsample"), "Images embedded for BRB's k-means re-clustering.", check=checks.positive_int
+    brb_draws: str = _own(
+        BRB,
+        "draws",
+        "φ of the soft reset: kaiming (the BRB authors) or layer (each layer's own initializers).",
+        choices=RESET_DRAWS,
     )
-    brb_reset: bool = setting(
-        default_of(BRB, "reset"), "Do BRB's soft reset (--no-brb-reset: recluster-only ablation)."
+    brb_reset: bool = _own(BRB, "reset", "Do BRB's soft reset (--no-brb-reset: recluster-only ablation).")
+    brb_recluster: bool = _own(
+        BRB, "recluster", "Do BRB's re-clustering and moment reset (--no-brb-recluster: reset-only ablation)."
     )
-    brb_recluster: bool = setting(
-        default_of(BRB, "recluster"),
-        "Do BRB's re-clustering and moment reset (--no-brb-recluster: reset-only ablation).",
-    )
-    brb_reset_embedding: bool = setting(
-        default_of(BRB, "reset_embedding"), "Include the embedding layer in the soft reset."
-    )
+    brb_reset_embedding: bool = _own(BRB, "reset_embedding", "Include the embedding layer in the soft reset.")
     output: str | None = setting(
         None,
         "Model file (.keras); labels (.csv) and ACC over epochs (.png) go beside it. "
@@ -125,13 +223,12 @@ class CentroidRun(RunSettings):
     def model_path(self) -> Path:
         return output_path(self, f"{self.name}-{self.slug}")
 
-    def autoencoder_path(self, embedding_dim: int) -> Path:
-        """The pretrained autoencoder shared by DEC, IDEC and DCN (with or without BRB) of this
-        dataset, schedule and seed."""
-        views = "" if self.augment else "-noaug"
-        schedule = f"{self.pretrain_epochs}ep-b{self.pretrain_batch_size}{views}"
-        name = f"dense-ae-{self.slug}-e{embedding_dim}-{schedule}-seed{self.seed}.keras"
-        return Path(self.models_dir) / name
+    def model_settings(self) -> dict:
+        """The keyword arguments of the method's class that this run sets."""
+        shared = ("embedding_dim", "image_size", "standardise", "batch_norm", "init", "augmentation")
+        shared += ("pretrain_augmented", "clip_norm", "views", "alpha")
+        own = tuple(name for name, methods in METHOD_ONLY.items() if self.method in methods)
+        return {name: getattr(self, name) for name in shared + own}
 
 
 @dataclass
@@ -152,16 +249,15 @@ class CentroidResult:
 
 
 def build_model(run: CentroidRun, shape: tuple[int, ...], k: int) -> FeedForwardClusterer:
-    own = {name: getattr(run, name) for name, methods in METHOD_ONLY.items() if run.method in methods}
-    return METHODS[run.method](k, shape, embedding_dim=run.embedding_dim, augment=run.augment, alpha=run.alpha, **own)
+    return METHODS[run.method](k, shape, **run.model_settings())
 
 
 def pretrained_model(run: CentroidRun, x: np.ndarray, y: np.ndarray | None) -> tuple[FeedForwardClusterer, float]:
     """A new model of the run's method whose autoencoder is the shared pretrained one (pretrained
     and saved first when it is not there yet); also the seconds spent pretraining."""
     model = build_model(run, tuple(x.shape[1:]), choose_n_clusters(run, y, len(x)))
-    # Pretrained on the views the clustering stage will see (augmented unless --no-augment).
-    path = run.autoencoder_path(model.autoencoder.embedding_dim)
+    settings = {name: getattr(run, name) for name in AUTOENCODER_SETTINGS} | {"n_clusters": model.n_clusters}
+    path = autoencoder_path(run, "dense-ae", x, settings)
     return model, pretrained_autoencoder(run, model, x, path, "feed-forward autoencoder")
 
 
@@ -189,12 +285,14 @@ def run_centroid(run: CentroidRun, data: tuple[np.ndarray, np.ndarray | None] | 
             run.brb_reset,
             run.brb_recluster,
             reset_embedding=run.brb_reset_embedding,
+            draws=run.brb_draws,
+            subsample_order=run.brb_subsample_order,
             seed=run.seed,
         )
         callbacks.append(brb)
     checkpoint = Checkpoint(checkpoint_folder(run.model_path), run.training_settings())
     callbacks.append(checkpoint)
-    model.compile(optimizer=keras.optimizers.Adam(run.lr))
+    model.compile(optimizer=keras.optimizers.Adam(run.lr, epsilon=run.adam_epsilon))
     initial_epoch = checkpoint.restore(model)
     history = {}
     if run.epochs:

@@ -3,6 +3,8 @@ autoencoder of the centroid methods, where checkpoints live, and how metrics are
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -32,6 +34,22 @@ def choose_n_clusters(run, y: np.ndarray | None, n_samples: int) -> int:
     return checks.n_clusters("n_clusters", k, n_samples)
 
 
+def data_digest(x: np.ndarray) -> str:
+    """The sha256 of an image array's shape, dtype and values."""
+    digest = hashlib.sha256(f"{x.shape}{x.dtype}".encode())
+    for start in range(0, len(x), 4096):
+        digest.update(np.ascontiguousarray(x[start : start + 4096]).tobytes())
+    return digest.hexdigest()
+
+
+def autoencoder_path(run, prefix: str, x: np.ndarray, settings: dict) -> Path:
+    """Where the pretrained autoencoder of these images and these ``settings`` (everything that
+    changes it) is kept for reuse: ``<models_dir>/<prefix>-<dataset>-<hash>.keras``. Other data
+    under the same file name, or any other setting, gives another file."""
+    key = json.dumps(settings, sort_keys=True, default=str) + data_digest(x)
+    return Path(run.models_dir) / f"{prefix}-{run.slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.keras"
+
+
 def checkpoint_folder(path: Path) -> Path:
     """The hidden folder beside ``path`` (a model file) that holds its run's checkpoint."""
     return path.parent / f".checkpoint-{path.name}"
@@ -43,7 +61,7 @@ def pretrained_autoencoder(
     """Load the autoencoder saved at ``path`` into ``model.autoencoder``, or pretrain it
     (resumable through a checkpoint beside ``path``, Adam at ``run.lr``) and save it there;
     return the seconds spent. ``run`` gives ``pretrain_epochs``, ``pretrain_batch_size``,
-    ``lr`` and ``verbose``."""
+    ``lr``, ``adam_epsilon`` and ``verbose``."""
     if path.exists():
         saved = load_model(path, expect=type(model.autoencoder))
         if [tuple(w.shape) for w in saved.weights] != [tuple(w.shape) for w in model.autoencoder.weights]:
@@ -61,7 +79,7 @@ def pretrained_autoencoder(
         x,
         epochs=run.pretrain_epochs,
         batch_size=run.pretrain_batch_size,
-        optimizer=keras.optimizers.Adam(run.lr),
+        optimizer=keras.optimizers.Adam(run.lr, epsilon=run.adam_epsilon),
         checkpoint=checkpoint,
         verbose=run.verbose,
     )

@@ -25,7 +25,13 @@ from deepstab.methods.collapse import COLLAPSE_ACTIONS
 from deepstab.methods.decs import DECS
 from deepstab.methods.losses import VARIANTS
 from deepstab.metrics import cluster_sizes, evaluate
-from deepstab.runs.common import checkpoint_folder, choose_n_clusters, format_metrics, pretrained_autoencoder
+from deepstab.runs.common import (
+    autoencoder_path,
+    checkpoint_folder,
+    choose_n_clusters,
+    format_metrics,
+    pretrained_autoencoder,
+)
 from deepstab.runs.settings import RunSettings, default_of, output_path, setting
 
 # Schedules: "paper" is DECS's own (§4.2: 500 pretraining epochs at batch 256, 10,000 clustering
@@ -70,6 +76,8 @@ FROM_PRESET = "[default: from --preset]"
 @dataclass
 class DECSRun(RunSettings):
     """Everything that defines a DECS run; ``None`` fields take the preset's value."""
+
+    adam_epsilon = 1e-7  # Keras's, as the DECS authors' Keras code
 
     preset: str = setting("default", PRESET_HELP, choices=tuple(PRESETS))
     n_clusters: int | None = setting(
@@ -149,11 +157,17 @@ class DECSRun(RunSettings):
     def model_path(self) -> Path:
         return output_path(self, f"decs-{self.slug}")
 
-    @property
-    def autoencoder_path(self) -> Path:
-        """Where the pretrained autoencoder of this dataset, schedule and seed is kept for reuse."""
-        name = f"decs-{self.slug}-ae-{self.pretrain_epochs}ep-b{self.pretrain_batch_size}-seed{self.seed}.keras"
-        return Path(self.models_dir) / name
+    def autoencoder_path(self, x: np.ndarray, model: DECS) -> Path:
+        """Where the pretrained autoencoder of these images, this schedule, network and seed is kept."""
+        ae = model.autoencoder
+        settings = {name: getattr(self, name) for name in ("pretrain_epochs", "pretrain_batch_size", "lr", "seed")}
+        settings |= {
+            "embedding_dim": ae.embedding_dim,
+            "filters": ae.filters,
+            "shift": ae.shift,
+            "rotation": ae.rotation,
+        }
+        return autoencoder_path(self, "decs-ae", x, settings)
 
 
 @dataclass
@@ -204,7 +218,7 @@ def run_decs(
         on_collapse=run.on_collapse,
         collapse_share=run.collapse_share,
     )
-    pretrain_seconds = pretrained_autoencoder(run, model, x, run.autoencoder_path)
+    pretrain_seconds = pretrained_autoencoder(run, model, x, run.autoencoder_path(x, model))
     return _cluster(run, model, x, y, callbacks, pretrain_seconds, initialise=True)
 
 
@@ -224,7 +238,7 @@ def _cluster(run: DECSRun, model: DECS, x, y, extra_callbacks, pretrain_seconds:
     epochs = int(np.ceil(run.iterations / steps)) if run.iterations is not None else run.cluster_epochs
     checkpoint = Checkpoint(checkpoint_folder(run.model_path), run.training_settings())
     callbacks: list = [checkpoint] + ([LabelMetrics(x, y, run.eval_every)] if y is not None else [])
-    model.compile(optimizer=keras.optimizers.Adam(run.lr))
+    model.compile(optimizer=keras.optimizers.Adam(run.lr, epsilon=run.adam_epsilon))
     initial_epoch = checkpoint.restore(model)
     history = {}
     if epochs:
