@@ -19,6 +19,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("KERAS_BACKEND", "torch")  # deepstab runs Keras on the torch backend
 
 import keras
 import numpy as np

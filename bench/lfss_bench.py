@@ -22,6 +22,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("KERAS_BACKEND", "torch")  # deepstab runs Keras on the torch backend
 
 
 def keras_side(args) -> list[float]:

@@ -119,11 +119,10 @@ class RandomAffine(RandomShiftRotation):
         self.fill = checks.choice("fill", fill, ("zeros", "border"))
 
     def transforms(self, n: int, height: int, width: int):
+        u = keras.random.uniform((4, n), -1.0, 1.0, seed=self.seed_generator)  # one draw: one host read
         degrees = math.pi / 180.0
-        angle = keras.random.uniform((n,), -1.0, 1.0, seed=self.seed_generator) * self.rotation * degrees
-        shifts = keras.random.uniform((n, 2), -1.0, 1.0, seed=self.seed_generator) * self.shift
-        shear = keras.random.uniform((n,), -1.0, 1.0, seed=self.seed_generator) * self.shear * degrees
-        tx, ty = shifts[:, 0] * width, shifts[:, 1] * height  # in pixels
+        angle, shear = u[0] * self.rotation * degrees, u[3] * self.shear * degrees
+        tx, ty = u[1] * self.shift * width, u[2] * self.shift * height  # in pixels
         if self.whole_pixels:
             tx, ty = ops.round(tx), ops.round(ty)
         cos, sin, tan = ops.cos(angle), ops.sin(angle), ops.tan(shear)

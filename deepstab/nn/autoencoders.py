@@ -86,17 +86,17 @@ class AugmentedAutoencoder(keras.Model):
         return ops.mean(ops.square(self.decoder(z, training=True) - self.reconstruction_target(x)))
 
     def clip(self, grads: list, variables: list) -> list:
-        """``grads`` of ``variables`` with those of the autoencoder's weights clipped to a global
-        norm of ``clip_norm`` (the BRB authors' code clips at 500); the rest unchanged."""
-        if self.clip_norm is None:
-            return grads
-        own = {id(v) for v in self.trainable_weights}
-        mine = [i for i, v in enumerate(variables) if id(v) in own]
-        clipped = clip_by_global_norm([grads[i] for i in mine], self.clip_norm)
-        out = list(grads)
-        for i, g in zip(mine, clipped):
-            out[i] = g
-        return out
+        """``grads`` of ``variables``, those of the autoencoder's weights clipped in place to a
+        global norm of ``clip_norm`` (the BRB authors' code clips at 500); the rest unchanged."""
+        if self.clip_norm is not None:
+            own = self._weight_ids()
+            clip_by_global_norm([g for g, v in zip(grads, variables) if id(v) in own and g is not None], self.clip_norm)
+        return grads
+
+    def _weight_ids(self) -> set[int]:
+        if getattr(self, "_ids", None) is None:
+            self._ids = frozenset(id(v) for v in self.trainable_weights)
+        return self._ids
 
     @property
     def metrics(self):

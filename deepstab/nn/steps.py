@@ -28,11 +28,10 @@ def apply_gradients(model: keras.Model, loss, variables: list, transform=None) -
 
 
 def clip_by_global_norm(grads: list, max_norm: float) -> list:
-    """``grads`` scaled by ``min(1, max_norm / (||grads|| + 1e-6))``, the global L2 norm over all
-    of them, as ``torch.nn.utils.clip_grad_norm_`` (gradients that are ``None`` stay ``None``)."""
-    present = [g for g in grads if g is not None]
-    if not present:
+    """``grads`` scaled in place by ``min(1, max_norm / (||grads|| + 1e-6))``, their global L2
+    norm, as ``torch.nn.utils.clip_grad_norm_``; returns them."""
+    if not grads:
         return grads
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in present]))
-    scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    return [None if g is None else g * scale for g in grads]
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+    return grads

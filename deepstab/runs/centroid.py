@@ -27,6 +27,7 @@ from deepstab.methods.losses import COUNT_RULES
 from deepstab.metrics import cluster_sizes, evaluate
 from deepstab.nn.autoencoders import AUGMENTATIONS, STANDARDISATIONS
 from deepstab.nn.networks import INITS
+from deepstab.nn.optimizers import Adam
 from deepstab.runs.common import (
     autoencoder_path,
     checkpoint_folder,
@@ -63,6 +64,10 @@ class CentroidRun(RunSettings):
     configuration for the feed-forward runs of their paper."""
 
     adam_epsilon = 1e-8  # PyTorch's, as the BRB authors' code
+
+    def optimizer(self) -> keras.optimizers.Optimizer:
+        """Adam at ``lr`` with PyTorch's epsilon and in-place update, for either stage."""
+        return Adam(self.lr, epsilon=self.adam_epsilon)
 
     method: str = setting("dec", "The centroid method.", choices=tuple(METHODS), cli=False)
     dataset: str = setting("usps", "Dataset name (see `datasets`), npz:PATH or folder:PATH.")
@@ -292,7 +297,7 @@ def run_centroid(run: CentroidRun, data: tuple[np.ndarray, np.ndarray | None] | 
         callbacks.append(brb)
     checkpoint = Checkpoint(checkpoint_folder(run.model_path), run.training_settings())
     callbacks.append(checkpoint)
-    model.compile(optimizer=keras.optimizers.Adam(run.lr, epsilon=run.adam_epsilon))
+    model.compile(optimizer=run.optimizer())
     initial_epoch = checkpoint.restore(model)
     history = {}
     if run.epochs:

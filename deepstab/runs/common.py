@@ -8,7 +8,6 @@ import json
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from deepstab import checks, datasets
@@ -59,9 +58,9 @@ def pretrained_autoencoder(
     run, model: CentroidClusterer, x: np.ndarray, path: Path, what: str = "autoencoder"
 ) -> float:
     """Load the autoencoder saved at ``path`` into ``model.autoencoder``, or pretrain it
-    (resumable through a checkpoint beside ``path``, Adam at ``run.lr``) and save it there;
+    (resumable through a checkpoint beside ``path``) and save it there;
     return the seconds spent. ``run`` gives ``pretrain_epochs``, ``pretrain_batch_size``,
-    ``lr``, ``adam_epsilon`` and ``verbose``."""
+    ``optimizer()`` and ``verbose``."""
     if path.exists():
         saved = load_model(path, expect=type(model.autoencoder))
         if [tuple(w.shape) for w in saved.weights] != [tuple(w.shape) for w in model.autoencoder.weights]:
@@ -79,7 +78,7 @@ def pretrained_autoencoder(
         x,
         epochs=run.pretrain_epochs,
         batch_size=run.pretrain_batch_size,
-        optimizer=keras.optimizers.Adam(run.lr, epsilon=run.adam_epsilon),
+        optimizer=run.optimizer(),
         checkpoint=checkpoint,
         verbose=run.verbose,
     )

@@ -77,7 +77,9 @@ FROM_PRESET = "[default: from --preset]"
 class DECSRun(RunSettings):
     """Everything that defines a DECS run; ``None`` fields take the preset's value."""
 
-    adam_epsilon = 1e-7  # Keras's, as the DECS authors' Keras code
+    def optimizer(self) -> keras.optimizers.Optimizer:
+        """Keras's Adam at ``lr``, as the DECS authors' Keras code, for either stage."""
+        return keras.optimizers.Adam(self.lr)
 
     preset: str = setting("default", PRESET_HELP, choices=tuple(PRESETS))
     n_clusters: int | None = setting(
@@ -238,7 +240,7 @@ def _cluster(run: DECSRun, model: DECS, x, y, extra_callbacks, pretrain_seconds:
     epochs = int(np.ceil(run.iterations / steps)) if run.iterations is not None else run.cluster_epochs
     checkpoint = Checkpoint(checkpoint_folder(run.model_path), run.training_settings())
     callbacks: list = [checkpoint] + ([LabelMetrics(x, y, run.eval_every)] if y is not None else [])
-    model.compile(optimizer=keras.optimizers.Adam(run.lr, epsilon=run.adam_epsilon))
+    model.compile(optimizer=run.optimizer())
     initial_epoch = checkpoint.restore(model)
     history = {}
     if epochs:
