@@ -385,3 +385,23 @@ def test_gtsrb_is_resized_to_32(tmp_path):
             Image.fromarray(rng.integers(0, 255, (40 + j, 35, 3), dtype=np.uint8)).save(images / c / f"{j:05d}.ppm")
     x, y = datasets.load("gtsrb", tmp_path)
     assert x.shape == (3, 32, 32, 3) and y.tolist() == [0, 0, 1]
+
+
+def test_gtsrb_5_is_the_authors_equalised_subset(tmp_path):
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(0)
+    images = tmp_path / "gtsrb" / "GTSRB" / "Final_Training" / "Images"
+    for c in ("00000", "00002", "00012", "00017", "00018", "00035"):
+        (images / c).mkdir(parents=True)
+        low_contrast = rng.integers(100, 140, (40, 36, 3), dtype=np.uint8)
+        Image.fromarray(low_contrast).save(images / c / "00000.ppm")
+    x, y = datasets.load("gtsrb-5", tmp_path)
+    assert x.shape == (5, 32, 32, 3) and y.tolist() == [0, 1, 2, 3, 4]  # class 00000 left out
+    expected = ImageOps.equalize(
+        Image.open(images / "00002" / "00000.ppm").convert("RGB").resize((32, 32), Image.BICUBIC)
+    )
+    np.testing.assert_allclose(x[0], np.asarray(expected) / 255.0, atol=1e-6)
+    assert x[0].max() == 1.0 and x[0].min() == 0.0  # equalised: the full range
+    all_classes, _ = datasets.load("gtsrb", tmp_path)
+    assert len(all_classes) == 6

@@ -287,22 +287,42 @@ def tiny_imagenet_source(folder: Path) -> Source:
     )
 
 
-def gtsrb_source(folder: Path) -> Source:
+# The 5-class subset of the BRB authors' code (after DipDECK): speed limit 50, priority road,
+# no entry, general caution, ahead only; 7,860 images of the official training set.
+GTSRB_5_CLASSES = ("00002", "00012", "00017", "00018", "00035")
+
+
+def gtsrb_source(folder: Path, classes: tuple[str, ...] | None = None, equalize: bool = False) -> Source:
     """GTSRB's training images, ``GTSRB/Final_Training/Images/<00000..00042>/*.ppm`` under
-    ``folder`` (or class folders directly in ``folder``), resized to 32x32."""
+    ``folder`` (or class folders directly in ``folder``), resized to 32x32: every class, or the
+    ``classes`` named (labels in their order). ``equalize``: each image resized with bicubic
+    interpolation and histogram-equalised per channel afterwards, as the BRB authors' ``gtsrb``
+    (PIL's ``ImageOps.equalize``, the algorithm of torchvision's ``equalize``)."""
     return _sorted_class_folders(
         (folder / "GTSRB" / "Final_Training" / "Images", folder / "Final_Training" / "Images", folder),
         GTSRB_SIDE,
         f"GTSRB is read from {folder}/GTSRB/Final_Training/Images/<class>/*.ppm: extract "
         f"GTSRB_Final_Training_Images.zip (https://benchmark.ini.rub.de/gtsrb_dataset.html) into {folder}",
+        classes,
+        "equalize" if equalize else None,
     )
 
 
-def _sorted_class_folders(candidates: tuple[Path, ...], side: int, where: str) -> Source:
-    """The class sub-folders (sorted by name, searched recursively) of the first existing
-    folder among ``candidates``, resized to ``side``; ``where`` says how to get them."""
+def _sorted_class_folders(
+    candidates: tuple[Path, ...],
+    side: int,
+    where: str,
+    classes: tuple[str, ...] | None = None,
+    style: str | None = None,
+) -> Source:
+    """The class sub-folders (sorted by name, searched recursively, or the ``classes`` named) of
+    the first existing folder among ``candidates``, resized to ``side`` (``style``: see
+    :func:`~deepstab.datasets.store.class_folder_source`); ``where`` says how to get them."""
     base = next((b for b in candidates if b.is_dir()), None)
     if base is None:
         raise DeepstabError(f"{where}, or point --data-dir at the folder that holds it.")
-    classes = tuple(sorted(p.name for p in base.iterdir() if p.is_dir()))
-    return class_folder_source(base, classes, side, IMAGE_EXTENSIONS)
+    present = tuple(sorted(p.name for p in base.iterdir() if p.is_dir()))
+    missing = sorted(set(classes or ()) - set(present))
+    if missing:
+        raise DeepstabError(f"{base} lacks the class folders {', '.join(missing)}. {where}.")
+    return class_folder_source(base, classes or present, side, IMAGE_EXTENSIONS, style)

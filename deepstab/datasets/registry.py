@@ -215,6 +215,15 @@ REGISTRY: dict[str, Dataset] = {
             stored=lambda folder: readers.gtsrb_source(folder),
         ),
         Dataset(
+            "gtsrb-5",
+            (readers.GTSRB_SIDE, readers.GTSRB_SIDE, 3),
+            5,
+            "The BRB authors' 5-class GTSRB (classes 2, 12, 17, 18, 35 of the training set: 7,860 images), "
+            "resized to 32x32 and histogram-equalised per image, from the same folder as gtsrb",
+            folder="gtsrb",
+            stored=lambda folder: readers.gtsrb_source(folder, readers.GTSRB_5_CLASSES, equalize=True),
+        ),
+        Dataset(
             "cifar10-jpg",
             (32, 32, 3),
             10,

@@ -109,9 +109,12 @@ class _Progress:
 # ------------------------------------------------------------------ sources
 
 
-def class_folder_source(base: Path, classes: tuple[str, ...], side: int | None, extensions: tuple[str, ...]) -> Source:
+def class_folder_source(
+    base: Path, classes: tuple[str, ...], side: int | None, extensions: tuple[str, ...], style: str | None = None
+) -> Source:
     """Images of the class folders ``base/<class>/`` (searched recursively), labels in the order
-    of ``classes``, converted to RGB and resized to ``side`` x ``side`` when ``side`` is given."""
+    of ``classes``, converted to RGB and resized to ``side`` x ``side`` when ``side`` is given
+    (bilinear; ``style="equalize"``: bicubic, then histogram equalisation per channel)."""
     files = []
     for label, name in enumerate(classes):
         found = sorted(p for p in (base / name).rglob("*") if p.is_file() and p.suffix.lower() in extensions)
@@ -120,14 +123,17 @@ def class_folder_source(base: Path, classes: tuple[str, ...], side: int | None, 
         raise DeepstabError(f"No images ({', '.join(extensions)}) found in the class folders of {base}.")
 
     def items() -> Iterator[tuple[np.ndarray, int]]:
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         for path, label in files:
             try:
                 with Image.open(path) as image:
                     image = image.convert("RGB")
+                    resample = Image.BICUBIC if style == "equalize" else Image.BILINEAR
                     if side is not None and image.size != (side, side):
-                        image = image.resize((side, side), Image.BILINEAR)
+                        image = image.resize((side, side), resample)
+                    if style == "equalize":
+                        image = ImageOps.equalize(image)
                     yield np.asarray(image, dtype=np.uint8), label
             except OSError as exc:
                 raise DeepstabError(f"Cannot read the image {path} ({exc}). Remove or replace it.") from exc
