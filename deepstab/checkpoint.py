@@ -1,8 +1,9 @@
 """Checkpoints that let a killed training run go on where it stopped.
 
 A checkpoint is a folder holding the model's weights with its optimizer state
-(``weights.weights.h5``), the per-sample or Python-side state a method keeps outside its
-weights (``state.npz``, from ``model.training_state()``), and ``checkpoint.json``: the number
+(``weights.weights.h5``), the state of its random generators and the per-sample or
+Python-side state a method keeps outside its weights (``state.npz``, the latter from
+``model.training_state()``), and ``checkpoint.json``: the number
 of finished epochs and the settings of the run that wrote it. Each file is written under a
 temporary name and renamed; ``checkpoint.json`` is written last, so a checkpoint without it,
 or whose files cannot be read, is refused with an error that names the folder.
@@ -78,6 +79,7 @@ class Checkpoint(keras.callbacks.Callback):
         with atomic_path(self.folder / WEIGHTS) as partial:
             model.save_weights(partial)
         state = model.training_state() if hasattr(model, "training_state") else {}
+        state |= {f"rng_{i}": np.asarray(v.value.cpu()) for i, v in enumerate(_random_states(model))}
         with atomic_path(self.folder / STATE) as partial:
             np.savez(partial, **state)
         with atomic_path(self.folder / METADATA) as partial:
@@ -104,6 +106,20 @@ class Checkpoint(keras.callbacks.Callback):
                 return f"{key} is {saved.get(key)!r} there and {self.settings.get(key)!r} here"
         return None
 
+    def check(self) -> None:
+        """Refuse, before any work, a checkpoint that cannot be read or belongs to other settings."""
+        if self.exists:
+            self._metadata()
+            changed = self.difference()
+            if changed:
+                raise self._other_settings(changed)
+
+    def _other_settings(self, changed: str) -> DeepstabError:
+        return DeepstabError(
+            f"The checkpoint in {self.folder} belongs to a run with other settings ({changed}). Run the "
+            f"original command to resume it, or pass --fresh (or delete the folder) to start this one over."
+        )
+
     def restore(self, model: keras.Model) -> int:
         """Load the checkpoint into ``model`` (built and compiled) and return the number of
         finished epochs, the ``initial_epoch`` for ``fit``; 0 when there is no checkpoint."""
@@ -112,10 +128,7 @@ class Checkpoint(keras.callbacks.Callback):
         epoch = self._metadata()["epoch"]
         changed = self.difference()
         if changed:
-            raise DeepstabError(
-                f"The checkpoint in {self.folder} belongs to a run with other settings ({changed}). Run the "
-                f"original command to resume it, or pass --fresh (or delete the folder) to start this one over."
-            )
+            raise self._other_settings(changed)
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         try:
@@ -126,10 +139,20 @@ class Checkpoint(keras.callbacks.Callback):
                 state = {key: archive[key] for key in archive.files}
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
             raise self._damaged(f"its files are unreadable ({type(exc).__name__}: {str(exc)[:120]})") from exc
+        for i, variable in enumerate(_random_states(model)):
+            if f"rng_{i}" in state:
+                variable.assign(state[f"rng_{i}"])
         if hasattr(model, "restore_training_state"):
-            model.restore_training_state(state)
+            model.restore_training_state({k: v for k, v in state.items() if not k.startswith("rng_")})
         return epoch
 
     def remove(self) -> None:
         """Delete the checkpoint (once the run's results are saved)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _random_states(model: keras.Model) -> list:
+    """The states of the model's random-number generators (its augmentations' seed generators):
+    variables that are not among its weights, so ``save_weights`` leaves them out."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]

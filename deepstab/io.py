@@ -1,5 +1,6 @@
 """Files deepstab writes and reads: atomic writes (nothing a user saved is ever left
-half-written), model files and label CSVs."""
+half-written), locks on a run's output, checks that an output can be written before any
+training starts, model files and label CSVs."""
 
 from __future__ import annotations
 
@@ -42,12 +43,86 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             os.remove(partial)
 
 
-def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
-    """Save ``model`` to ``path`` (``.keras``) through a temporary file and a rename,
-    so an interrupted save never leaves a half-written model behind."""
+def writable_folder(folder: str | os.PathLike, what: str = "The folder") -> Path:
+    """Create ``folder`` when it does not exist and make sure a file can be written in it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".deepstab-write-test-", dir=folder)
+        os.close(handle)
+        os.remove(probe)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise DeepstabError(
+            f"{what} {folder} cannot be created: a file stands where a folder of its path should be "
+            f"({exc.filename}). Choose another path."
+        ) from exc
+    except OSError as exc:
+        raise DeepstabError(
+            f"{what} {folder} is not writable ({exc.strerror}). Choose a folder you can write to."
+        ) from exc
+    return folder
+
+
+def check_model_path(path: str | os.PathLike) -> Path:
+    """``path`` as a model file to write: a ``.keras`` name in a writable folder."""
     path = Path(path)
     if path.suffix != ".keras":
         raise DeepstabError(f"Model files must end in .keras, got {path}. Choose a name like models/decs-usps.keras.")
+    if path.is_dir():
+        raise DeepstabError(f"{path} is a folder; give the model file's name, e.g. {path / 'model.keras'}.")
+    writable_folder(path.parent, "The output folder")
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``.<name>.lock`` beside ``path`` (it holds this process's id) while the block runs,
+    so that a second run on the same output stops with a clear error instead of writing into
+    the same files. A lock whose process is gone is taken over; so are the temporary files
+    that a killed run left beside ``path`` (``.<name>.*.part-*``)."""
+    path = Path(path)
+    lock = path.parent / f".{path.name}.lock"
+    writable_folder(path.parent, "The output folder")
+    for attempt in range(2):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if attempt or (holder and holder != os.getpid() and _alive(holder)):
+                raise DeepstabError(
+                    f"Another run (process {holder}) is using {path}. Wait for it to finish or choose another "
+                    f"--output. If no such run is going on, delete {lock}."
+                ) from None
+            lock.unlink(missing_ok=True)  # left by a run that no longer exists
+            continue
+        with os.fdopen(handle, "w") as out:
+            out.write(str(os.getpid()))
+        break
+    for stale in path.parent.glob(f".{path.stem}.*.part-*"):
+        stale.unlink(missing_ok=True)
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
+    """Save ``model`` to ``path`` (``.keras``) through a temporary file and a rename,
+    so an interrupted save never leaves a half-written model behind."""
+    path = check_model_path(path)
     with atomic_path(path) as partial:
         model.save(partial)
     return path

@@ -66,7 +66,7 @@ def test_predict_writes_labels_and_metrics(trained, tmp_path, blobs_npz):
 
 def test_predict_rejects_data_of_another_shape(trained, tmp_path):
     out, _ = trained
-    np.savez(tmp_path / "big.npz", x=np.zeros((4, 16, 16), np.float32))
+    np.savez(tmp_path / "big.npz", x=np.random.default_rng(0).random((4, 16, 16)).astype(np.float32))
     assert_clean_error(invoke("predict", out, "--dataset", f"npz:{tmp_path / 'big.npz'}"), r"shape \(8, 8, 1\)")
 
 

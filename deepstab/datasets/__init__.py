@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from deepstab.datasets.downloads import DataFile, download, downloads_allowed, resolve_data_dir, verify
-from deepstab.datasets.readers import IMAGE_EXTENSIONS, load_folder, load_npz, read_idx, read_usps_file
+from deepstab.datasets.readers import IMAGE_EXTENSIONS, folder_source, load_npz, read_idx, read_usps_file
 from deepstab.datasets.registry import IMAGENET10_WNIDS, IMAGENET_DOGS_WNIDS, REGISTRY, Dataset, names, slug
 from deepstab.datasets.store import cache_paths, open_cached, to_unit_float
 from deepstab.datasets.tfds import load_tfds
@@ -135,8 +135,27 @@ def describe(data_dir: str | os.PathLike | None = None) -> list[dict[str, str]]:
     return rows
 
 
+def load_folder(path: str | os.PathLike, image_size: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A folder of images (class sub-folders, or a flat folder) as uint8 ``(x, y)``: converted once,
+    with a progress line, into the uint8 store ``<folder>/.deepstab-cache/`` and memory-mapped
+    from there (held in memory instead when the folder is read-only). ``y`` is ``None`` for a
+    flat folder."""
+    root = Path(path)
+    source, shape, labelled, name = folder_source(root, image_size)
+    try:
+        x, y = open_cached(root, name, shape, lambda: source)
+    except PermissionError:  # a read-only folder: convert in memory
+        pairs = list(source[1]())
+        x, y = np.stack([image for image, _ in pairs]), np.array([label for _, label in pairs], np.int64)
+    return x, (y if labelled else None)
+
+
 def load(
-    name: str, data_dir: str | os.PathLike | None = None, download: bool | None = None, stream: bool = False
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    download: bool | None = None,
+    stream: bool = False,
+    image_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Load a dataset by name as ``(x, y)``: float32 NHWC in [0, 1] and labels (or ``None``;
     ``-1`` marks the unlabelled images of STL-10, which metrics leave out).
@@ -146,16 +165,20 @@ def load(
         data_dir: where dataset files live; defaults to ``$DEEPSTAB_DATA``, then ``./data``.
         download: whether missing files may be downloaded; defaults to yes unless
             ``DEEPSTAB_OFFLINE=1``.
-        stream: for the large datasets (CIFAR-10/20, STL-10, Tiny-ImageNet, ImageNet subsets),
-            return ``x`` as the read-only uint8 memory map of their on-disk cache instead of
-            float32 in memory; :func:`~deepstab.datasets.store.to_unit_float` converts a batch.
+        stream: for the large datasets (CIFAR-10/20, STL-10, Tiny-ImageNet, ImageNet subsets)
+            and ``folder:`` sets, return ``x`` as the read-only uint8 memory map of their on-disk
+            store instead of float32 in memory; :func:`~deepstab.datasets.store.to_unit_float`
+            converts a batch.
+        image_size: resize the images of a ``folder:`` set to this square side (needed when
+            they have mixed sizes).
     """
     if not isinstance(name, str) or not name:
         raise DeepstabError(f"Dataset name must be a non-empty string, got {name!r}.")
     if name.startswith("npz:"):
         return load_npz(name[4:])
     if name.startswith("folder:"):
-        return load_folder(name[7:])
+        x, y = load_folder(name[7:], image_size)
+        return (x, y) if stream else (to_unit_float(x), y)
     if name not in REGISTRY:
         raise DeepstabError(
             f"Unknown dataset {name!r}. Choose one of {', '.join(REGISTRY)}, or give 'npz:PATH' "

@@ -6,15 +6,17 @@ Every reader returns ``(x, y)``: ``x`` float32 NHWC in [0, 1], ``y`` int64 label
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 import warnings
+import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from deepstab.datasets.store import Source, class_folder_source
+from deepstab.datasets.store import CACHE_FOLDER, Source, class_folder_source
 from deepstab.errors import DeepstabError, DeepstabNote
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
@@ -149,11 +151,17 @@ def read_cifar10_jpg(folder: Path) -> tuple[np.ndarray, np.ndarray]:
             f"Dataset 'cifar10-jpg' expects the CIFAR-10 test split as JPEGs in {split}/<class>/*.jpg "
             f"(10 class folders). Point --data-dir or DEEPSTAB_DATA at the folder that holds cifar10-jpg/."
         )
-    return load_folder(split)
+    (n, items), shape, _, _ = folder_source(split)
+    pairs = list(items())
+    return as_unit_images(np.stack([image for image, _ in pairs]), str(split)), np.array([label for _, label in pairs])
 
 
 def as_unit_images(x: np.ndarray, origin: str) -> np.ndarray:
-    """Validate an image array and bring it to float32 NHWC in [0, 1]."""
+    """Validate an image array and bring it to float32 NHWC in [0, 1] by the rule of its dtype:
+    ``bool`` as 0/1; ``uint8`` / 255; ``uint16`` / 65535; other integers whose values lie in
+    0..255 / 255; floats in [0, 1] as they are; any other range min-max scaled to [0, 1], with a
+    note. NaN or infinite values, constant arrays and non-numeric dtypes are refused."""
+    x = np.asarray(x)
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
@@ -163,22 +171,28 @@ def as_unit_images(x: np.ndarray, origin: str) -> np.ndarray:
         )
     if len(x) == 0:
         raise DeepstabError(f"{origin}: the array holds no samples.")
-    if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
-        top = 255 if x.max() <= 255 else np.iinfo(x.dtype).max
-        return (x.astype(np.float32) / top).astype(np.float32)
-    if not np.issubdtype(x.dtype, np.floating):
+    if x.dtype != np.bool_ and not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise DeepstabError(f"{origin}: expected numeric pixel values, got dtype {x.dtype}.")
-    bad = ~np.isfinite(x)
-    if bad.any():
+    if x.size > 1 and np.all(x == x.flat[0]):
+        raise DeepstabError(f"{origin}: every pixel has the value {x.flat[0]}; there is nothing to cluster.")
+    if x.dtype == np.bool_:
+        return x.astype(np.float32)
+    if x.dtype in (np.uint8, np.uint16):
+        return (x.astype(np.float32) / np.float32(np.iinfo(x.dtype).max)).astype(np.float32)
+    bad = ~np.isfinite(x) if np.issubdtype(x.dtype, np.floating) else None
+    if bad is not None and bad.any():
         raise DeepstabError(
             f"{origin}: {int(bad.sum())} pixel values are NaN or infinite (first in sample "
             f"{int(np.argwhere(bad)[0][0])}). Remove or repair those samples before clustering."
         )
     lo, hi = float(x.min()), float(x.max())
-    if lo < 0.0 or hi > 1.0:
-        warnings.warn(f"{origin}: values span [{lo:g}, {hi:g}]; rescaling them to [0, 1].", DeepstabNote, stacklevel=3)
-        x = (x - lo) / (hi - lo if hi > lo else 1.0)
-    return x.astype(np.float32)
+    if np.issubdtype(x.dtype, np.integer) and lo >= 0 and hi <= 255:
+        return (x.astype(np.float32) / np.float32(255.0)).astype(np.float32)
+    if np.issubdtype(x.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+        return x.astype(np.float32)
+    note = f"{origin}: {x.dtype} values span [{lo:g}, {hi:g}]; scaling them to [0, 1] (min-max)."
+    warnings.warn(note, DeepstabNote, stacklevel=3)
+    return ((x.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
 
 
 def as_labels(y: np.ndarray, n: int, origin: str) -> np.ndarray:
@@ -187,21 +201,26 @@ def as_labels(y: np.ndarray, n: int, origin: str) -> np.ndarray:
         y = y.reshape(-1)
     if y.ndim != 1 or len(y) != n:
         raise DeepstabError(f"{origin}: 'y' must hold one label per sample ({n}), got shape {y.shape}.")
-    _, codes = np.unique(y, return_inverse=True)
-    return codes.astype(np.int64)
+    labelled = y >= 0 if np.issubdtype(y.dtype, np.number) else np.ones(len(y), bool)
+    codes = np.full(len(y), -1, np.int64)  # -1: unlabelled, left out of ACC/NMI/ARI
+    codes[labelled] = np.unique(y[labelled], return_inverse=True)[1]
+    return codes
 
 
 def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read a ``.npz`` file with an image array ``x`` and optional labels ``y``."""
+    """Read a ``.npz`` file with an image array ``x`` and optional labels ``y`` (or a ``.npy``
+    file holding the images alone)."""
     path = Path(path)
     if not path.is_file():
         raise DeepstabError(f"npz file {path} does not exist. Give the path of a .npz file holding an array 'x'.")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, zlib.error, EOFError) as exc:
+        with open(path, "rb") as handle:
+            loaded = np.load(handle, allow_pickle=False)
+            arrays = {"x": loaded} if isinstance(loaded, np.ndarray) else {key: loaded[key] for key in loaded.files}
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
         raise DeepstabError(
-            f"Cannot read {path} as a .npz archive ({exc}). Save it with numpy.savez(path, x=..., y=...)."
+            f"Cannot read {path} as a .npz archive ({type(exc).__name__}: {exc}). It is truncated, damaged or of "
+            f"another format; save it with numpy.savez(path, x=..., y=...)."
         ) from exc
     if "x" not in arrays:
         raise DeepstabError(f"{path} holds the arrays {sorted(arrays)} but no 'x'. Save the images under the name 'x'.")
@@ -210,56 +229,96 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     return x, y
 
 
-def _read_image(path: Path) -> np.ndarray:
-    from skimage import io
+def read_image_uint8(path: Path, channels: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One image file as uint8 (H, W, ``channels``): 16-bit images scaled by 65535 (and other
+    integer modes by their range), colour made grey or grey made colour as asked, resized
+    (bilinear) to ``size`` when given."""
+    from PIL import Image
 
     try:
-        image = io.imread(path)
-    except Exception as exc:  # imageio/PIL raise many types for unreadable files
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                values = np.asarray(image, dtype=np.float64)
+                top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+                image = Image.fromarray(np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8), "L")
+            image = image.convert("L" if channels == 1 else "RGB")
+            if size is not None and image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.BILINEAR)
+            array = np.asarray(image, dtype=np.uint8)
+    except OSError as exc:
         raise DeepstabError(f"Cannot read the image {path} ({exc}). Remove or replace it.") from exc
-    if image.ndim == 3 and image.shape[-1] == 4:
-        image = image[..., :3]
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
-        raise DeepstabError(f"The image {path} has shape {image.shape}; expected grey (H, W) or colour (H, W, 3).")
-    return image
+    return array[..., None] if array.ndim == 2 else array
 
 
-def load_folder(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read a folder of images: one sub-folder per class (labelled), or a flat folder (unlabelled).
+def _image_files(folder: Path, recursive: bool) -> list[Path]:
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and CACHE_FOLDER not in p.parts
+    )
 
-    All images must have the same height and width; grey images are stacked
-    as one channel unless some image is colour, then all become RGB.
-    """
-    root = Path(path)
+
+def folder_listing(root: Path) -> tuple[list[tuple[Path, int]], bool]:
+    """The images of a folder with their labels: one label per class sub-folder (its images
+    found at any depth), or, with no class sub-folders, the folder's own images unlabelled
+    (-1). Returns ``(files, labelled)``; images at the top level beside class folders are left
+    out with a note."""
     if not root.is_dir():
         raise DeepstabError(f"Image folder {root} does not exist. Give a folder of images or of class sub-folders.")
-
-    def images_in(folder: Path) -> list[Path]:
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and images_in(p))
+    classes = [d for d in sorted(root.iterdir()) if d.is_dir() and d.name != CACHE_FOLDER and _image_files(d, True)]
+    top = _image_files(root, False)
     if classes:
-        files = [(f, label) for label, c in enumerate(classes) for f in images_in(c)]
-    else:
-        files = [(f, -1) for f in images_in(root)]
-    if not files:
+        if top:
+            warnings.warn(
+                f"{root}: {len(top)} images at the top level are left out: with class sub-folders, each class "
+                f"is one sub-folder. Move them into a class folder to use them.",
+                DeepstabNote,
+                stacklevel=3,
+            )
+        return [(f, label) for label, d in enumerate(classes) for f in _image_files(d, True)], True
+    if not top:
         raise DeepstabError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {root} or its sub-folders.")
-    images = [_read_image(f) for f, _ in files]
+    return [(f, -1) for f in top], False
+
+
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def folder_source(root: Path, image_size: int | None = None) -> tuple[Source, tuple[int, int, int], bool, str]:
+    """An image folder as a source for the uint8 disk store: ``(source, image shape, labelled,
+    cache name)``. Without ``image_size`` every image must have the same height and width; the
+    images are grey unless one of them is colour. The cache name changes with the files (names,
+    sizes, times) and ``image_size``, so an edited folder is converted again."""
+    from PIL import Image
+
+    files, labelled = folder_listing(root)
     sizes: dict[tuple[int, int], Path] = {}
-    for (f, _), image in zip(files, images):
-        sizes.setdefault(image.shape[:2], f)
-    if len(sizes) > 1:
+    colour = False
+    digest = hashlib.sha256(f"{image_size}".encode())
+    for path, label in files:
+        try:
+            with Image.open(path) as image:
+                sizes.setdefault((image.height, image.width), path)
+                palette = image.palette.mode if image.mode == "P" and image.palette else "L"
+                colour = colour or (image.mode not in GREY_MODES and not (image.mode == "P" and palette == "L"))
+        except OSError as exc:
+            raise DeepstabError(f"Cannot read the image {path} ({exc}). Remove or replace it.") from exc
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    if image_size is None and len(sizes) > 1:
         examples = "; ".join(f"{h}x{w} (e.g. {f})" for (h, w), f in list(sizes.items())[:3])
         raise DeepstabError(
-            f"The images in {root} have mixed sizes: {examples}. Resize them all to one size "
-            f"(height x width) before clustering."
+            f"The images in {root} have mixed sizes: {examples}. Pass --image-size N to resize them all to NxN, "
+            f"or resize them to one size before clustering."
         )
-    colour = any(image.ndim == 3 for image in images)
-    if colour:
-        images = [np.repeat(i[..., None], 3, axis=-1) if i.ndim == 2 else i for i in images]
-    x = as_unit_images(np.stack(images), str(root))
-    y = np.array([label for _, label in files], dtype=np.int64) if classes else None
-    return x, y
+    shape = (image_size, image_size) if image_size else next(iter(sizes))
+    channels = 3 if colour else 1
+
+    def items():
+        for path, label in files:
+            yield read_image_uint8(path, channels, shape), label
+
+    return (len(files), items), (*shape, channels), labelled, f"folder-{digest.hexdigest()[:16]}"
 
 
 def wnid_source(folder: Path, wnids: tuple[str, ...], side: int = IMAGENET_SIDE) -> Source:

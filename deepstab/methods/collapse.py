@@ -78,7 +78,28 @@ class CollapseGuard(keras.callbacks.Callback):
         collapsed = alive < self.n_clusters or smallest * self.n_clusters < self.min_share
         return {"clusters_alive": alive, "min_cluster_share": smallest, "collapsed": float(collapsed)}
 
+    EPOCHS = ("collapsed_epoch", "fallback_epoch", "stopped_epoch", "restored_epoch", "_healthy_epoch")
+
+    def state(self) -> dict[str, np.ndarray]:
+        """What the guard knows about the run so far (for a checkpoint): the epochs of its
+        events (-1 for none) and the last healthy weights."""
+        epochs = {name: getattr(self, name) for name in self.EPOCHS}
+        state = {f"guard:{name}": np.array(-1 if value is None else value) for name, value in epochs.items()}
+        for i, weight in enumerate(self._healthy or []):
+            state[f"guard:weight_{i}"] = weight
+        return state
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Put back what :meth:`state` returned (a resumed run)."""
+        for name in self.EPOCHS:
+            value = int(state[f"guard:{name}"])
+            setattr(self, name, None if value < 0 else value)
+        count = sum(key.startswith("guard:weight_") for key in state)
+        self._healthy = [state[f"guard:weight_{i}"] for i in range(count)] or None
+
     def on_train_begin(self, logs=None):
+        if self._healthy is not None:  # resumed: the state came from the checkpoint
+            return
         self._healthy, self._healthy_epoch = self.model.get_weights(), None
         if self.check()["collapsed"]:
             warnings.warn(

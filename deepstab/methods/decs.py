@@ -95,17 +95,33 @@ class DECS(CentroidClusterer):
         for name, value in settings.items():
             setattr(self, name, value)
         self.collapse_guard: CollapseGuard | None = None
+        self._guard_state: dict | None = None
         self.threshold_tracker = keras.metrics.Mean(name="threshold")
         self.built = True
 
     def training_callbacks(self, x, callbacks: list) -> list:
-        """A :class:`CollapseGuard` on ``x`` unless ``callbacks`` holds one."""
+        """A :class:`CollapseGuard` on ``x`` unless ``callbacks`` holds one (given the state a
+        checkpoint put back)."""
         guards = [c for c in callbacks if isinstance(c, CollapseGuard)]
         added = []
         if not guards and isinstance(x, np.ndarray):
             guards = added = [CollapseGuard(x, self.n_clusters, self.collapse_share, self.on_collapse)]
         self.collapse_guard = guards[0] if guards else None
+        if self.collapse_guard is not None and self._guard_state:
+            self.collapse_guard.load_state(self._guard_state)
+            self._guard_state = None
         return added
+
+    def training_state(self) -> dict[str, np.ndarray]:
+        """What changes training besides the weights: the size-prior weight (raised by the
+        collapse fallback) and the collapse guard's record, for checkpoints."""
+        state = {"size_prior_weight": np.array(self.size_prior_weight)}
+        return state | (self.collapse_guard.state() if self.collapse_guard is not None else {})
+
+    def restore_training_state(self, state: dict[str, np.ndarray]) -> None:
+        """Put back what :meth:`training_state` returned; the guard gets its part in :meth:`fit`."""
+        self.size_prior_weight = float(state.get("size_prior_weight", self.size_prior_weight))
+        self._guard_state = {key: value for key, value in state.items() if key.startswith("guard:")} or None
 
     @property
     def metrics(self):

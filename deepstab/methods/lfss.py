@@ -171,6 +171,7 @@ class LFSSModel(keras.Model):
             self.queue_pointer = self.add_weight(
                 shape=(), initializer="zeros", dtype="int64", trainable=False, name="queue_pointer"
             )
+        self.noise_seed = keras.random.SeedGenerator(seed)  # σξ of Eq. 9; its state is checkpointed
         self.copy_online_to_target()
         self.copy_target_to_predecessor()
         # Per-sample state of L_C, set by LFSSEpochEnd after the warm-up (kept in checkpoints).
@@ -265,7 +266,7 @@ class LFSSModel(keras.Model):
     # ------------------------------------------------------------ train step
 
     def _noisy(self, z):
-        return z + self.sigma * keras.random.normal(ops.shape(z)) if self.sigma else z
+        return z + self.sigma * keras.random.normal(ops.shape(z), seed=self.noise_seed) if self.sigma else z
 
     def _base_loss(self, z1, z2, t1, t2):
         """L_S (Eq. 9) for BYOL; SimCLR's NT-Xent or MoCo's InfoNCE for the Table 6 variants."""

@@ -33,8 +33,10 @@ from deepstab.runs.common import (
     checkpoint_folder,
     choose_n_clusters,
     format_metrics,
+    guarded_output,
     pretrained_autoencoder,
 )
+from deepstab.runs.progress import TimeEstimate
 from deepstab.runs.settings import RunSettings, default_of, output_path, setting
 
 METHOD_ONLY = {
@@ -269,8 +271,13 @@ def pretrained_model(run: CentroidRun, x: np.ndarray, y: np.ndarray | None) -> t
 def run_centroid(run: CentroidRun, data: tuple[np.ndarray, np.ndarray | None] | None = None) -> CentroidResult:
     """Load the data, pretrain (or reuse) the autoencoder, k-means, cluster with the method
     (and BRB when asked), evaluate the final model, save the model, labels and a plot."""
-    keras.utils.set_random_seed(run.seed)
-    x, y = data if data is not None else datasets.load(run.dataset, run.data_dir)
+    with guarded_output(run):
+        keras.utils.set_random_seed(run.seed)
+        x, y = data if data is not None else datasets.load(run.dataset, run.data_dir)
+        return _cluster(run, x, y)
+
+
+def _cluster(run: CentroidRun, x: np.ndarray, y: np.ndarray | None) -> CentroidResult:
     model, pretrain_seconds = pretrained_model(run, x, y)
     k = model.n_clusters
 
@@ -279,7 +286,7 @@ def run_centroid(run: CentroidRun, data: tuple[np.ndarray, np.ndarray | None] | 
     init_metrics = evaluate(y, init_labels) if y is not None else None
     if init_metrics:
         print("k-means on the pretrained embeddings: " + format_metrics(init_metrics))
-    callbacks: list = [LabelMetrics(x, y, run.eval_every)]
+    callbacks: list = [LabelMetrics(x, y, run.eval_every), TimeEstimate("clustering")]
     brb = None
     if run.brb:
         brb = BRB(

@@ -3,9 +3,11 @@ autoencoder of the centroid methods, where checkpoints live, and how metrics are
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,9 @@ import numpy as np
 from deepstab import checks, datasets
 from deepstab.checkpoint import Checkpoint
 from deepstab.errors import DeepstabError
-from deepstab.io import load_model, save_model
+from deepstab.io import check_model_path, load_model, output_lock, save_model, writable_folder
 from deepstab.methods.base import CentroidClusterer
+from deepstab.runs.progress import TimeEstimate
 
 
 def choose_n_clusters(run, y: np.ndarray | None, n_samples: int) -> int:
@@ -73,19 +76,39 @@ def pretrained_autoencoder(
         return 0.0
     print(f"Pretraining the {what}: {run.pretrain_epochs} epochs, batch {run.pretrain_batch_size}")
     start = time.perf_counter()
-    checkpoint = Checkpoint(checkpoint_folder(path), {"autoencoder": path.name})
-    model.pretrain(
-        x,
-        epochs=run.pretrain_epochs,
-        batch_size=run.pretrain_batch_size,
-        optimizer=run.optimizer(),
-        checkpoint=checkpoint,
-        verbose=run.verbose,
-    )
-    seconds = time.perf_counter() - start
-    save_model(model.autoencoder, path)
-    checkpoint.remove()
+    with output_lock(path):
+        checkpoint = Checkpoint(checkpoint_folder(path), {"autoencoder": path.name})
+        if run.fresh:
+            checkpoint.remove()
+        model.pretrain(
+            x,
+            epochs=run.pretrain_epochs,
+            batch_size=run.pretrain_batch_size,
+            optimizer=run.optimizer(),
+            checkpoint=checkpoint,
+            callbacks=[TimeEstimate("pretraining")],
+            verbose=run.verbose,
+        )
+        seconds = time.perf_counter() - start
+        save_model(model.autoencoder, path)
+        checkpoint.remove()
     return seconds
+
+
+@contextlib.contextmanager
+def guarded_output(run) -> Iterator[None]:
+    """Before any work: check that the run's model file and models folder can be written; then
+    hold the lock on the model file (a second run on it stops with an error), and with
+    ``run.fresh`` delete the checkpoint of an interrupted run on it, else check that the
+    checkpoint is readable and of the same settings."""
+    path = check_model_path(run.model_path)
+    writable_folder(run.models_dir, "The models folder")
+    with output_lock(path):
+        checkpoint = Checkpoint(checkpoint_folder(path), run.training_settings())
+        if run.fresh:
+            checkpoint.remove()
+        checkpoint.check()
+        yield
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

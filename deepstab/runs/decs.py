@@ -30,8 +30,10 @@ from deepstab.runs.common import (
     checkpoint_folder,
     choose_n_clusters,
     format_metrics,
+    guarded_output,
     pretrained_autoencoder,
 )
+from deepstab.runs.progress import TimeEstimate
 from deepstab.runs.settings import RunSettings, default_of, output_path, setting
 
 # Schedules: "paper" is DECS's own (§4.2: 500 pretraining epochs at batch 256, 10,000 clustering
@@ -204,10 +206,15 @@ def run_decs(
     DECS model, is trained further instead of a new one (no pretraining, no k-means).
     ``data``, ``(x, y)`` already loaded from ``run.dataset``, saves loading it again.
     """
-    keras.utils.set_random_seed(run.seed)
-    x, y = data if data is not None else datasets.load(run.dataset, run.data_dir)
-    if model is not None:
-        return _cluster(run, model, x, y, callbacks, pretrain_seconds=0.0, initialise=False)
+    with guarded_output(run):
+        keras.utils.set_random_seed(run.seed)
+        x, y = data if data is not None else datasets.load(run.dataset, run.data_dir)
+        if model is not None:
+            return _cluster(run, model, x, y, callbacks, pretrain_seconds=0.0, initialise=False)
+        return _pretrain_and_cluster(run, x, y, callbacks)
+
+
+def _pretrain_and_cluster(run: DECSRun, x: np.ndarray, y: np.ndarray | None, callbacks: list | None) -> DECSResult:
     k = choose_n_clusters(run, y, len(x))
     model = DECS(
         n_clusters=k,
@@ -239,7 +246,8 @@ def _cluster(run: DECSRun, model: DECS, x, y, extra_callbacks, pretrain_seconds:
     steps = int(np.ceil(len(x) / run.batch_size))
     epochs = int(np.ceil(run.iterations / steps)) if run.iterations is not None else run.cluster_epochs
     checkpoint = Checkpoint(checkpoint_folder(run.model_path), run.training_settings())
-    callbacks: list = [checkpoint] + ([LabelMetrics(x, y, run.eval_every)] if y is not None else [])
+    callbacks: list = [checkpoint, TimeEstimate("clustering")]
+    callbacks += [LabelMetrics(x, y, run.eval_every)] if y is not None else []
     model.compile(optimizer=run.optimizer())
     initial_epoch = checkpoint.restore(model)
     history = {}
@@ -265,7 +273,7 @@ def _cluster(run: DECSRun, model: DECS, x, y, extra_callbacks, pretrain_seconds:
         sizes=cluster_sizes(labels, model.n_clusters),
         collapsed_epoch=guard.collapsed_epoch if guard else None,
         restored_epoch=guard.restored_epoch if guard else None,
-        iterations_run=len(history.get("loss", [])) * steps,
+        iterations_run=(initial_epoch + len(history.get("loss", []))) * steps,
         pretrain_seconds=pretrain_seconds,
         cluster_seconds=cluster_seconds,
         history=history,

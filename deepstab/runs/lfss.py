@@ -15,6 +15,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import torch
 
 from deepstab import checks, datasets
 from deepstab.checkpoint import Checkpoint
@@ -25,7 +26,8 @@ from deepstab.io import save_model, write_labels_csv
 from deepstab.methods.lfss import BASES, LFSSModel, lfss_optimizer
 from deepstab.metrics import cluster_sizes
 from deepstab.nn.networks import RESNETS
-from deepstab.runs.common import checkpoint_folder, choose_n_clusters, format_metrics
+from deepstab.runs.common import checkpoint_folder, choose_n_clusters, format_metrics, guarded_output
+from deepstab.runs.progress import TimeEstimate
 from deepstab.runs.settings import RunSettings, default_of, output_path, setting
 
 # The paper's schedule (LFSS §4.1) and a CPU-sized one (docs/results.md, "LFSS").
@@ -215,8 +217,20 @@ def run_lfss(
     ``callbacks`` are added to ``fit``; ``model``, a trained LFSS model, is trained further
     instead of a new one; ``data``, ``(x, y)`` already loaded, saves loading it again.
     """
-    keras.utils.set_random_seed(run.seed)
-    x, y = data if data is not None else datasets.load(run.dataset, run.data_dir, stream=True)
+    with guarded_output(run):
+        keras.utils.set_random_seed(run.seed)
+        x, y = data if data is not None else datasets.load(run.dataset, run.data_dir, stream=True)
+        return _train(run, x, y, callbacks, model)
+
+
+def _advice(seconds: float) -> str | None:
+    """A word on a schedule of more than a day on a machine without a GPU."""
+    if seconds > 86400 and not torch.cuda.is_available():
+        return "No GPU was found; --preset cpu trains a smaller network on a shorter schedule"
+    return None
+
+
+def _train(run: LFSSRun, x, y, callbacks: list | None, model: LFSSModel | None) -> LFSSResult:
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise DeepstabError(f"LFSS needs images (N, H, W, 1 or 3); {run.dataset!r} has shape {x.shape}.")
     k = choose_n_clusters(run, y, len(x))
@@ -233,7 +247,7 @@ def run_lfss(
     if checkpoint.exists and not run.resume:
         raise DeepstabError(
             f"A checkpoint of an unfinished run exists in {checkpoint.folder}. Pass --resume to go on from it, "
-            f"or delete the folder to start over."
+            f"or --fresh to start over."
         )
     initial_epoch = checkpoint.restore(model)
     print(
@@ -246,7 +260,7 @@ def run_lfss(
         batches,
         epochs=run.epochs,
         initial_epoch=initial_epoch,
-        callbacks=[checkpoint, *(callbacks or [])],
+        callbacks=[checkpoint, TimeEstimate("training", advice=_advice), *(callbacks or [])],
         verbose=run.verbose,
     ).history
     seconds = time.perf_counter() - start

@@ -78,6 +78,12 @@ class RunSettings:
         None, "Folder holding dataset files. [default: $DEEPSTAB_DATA, else ./data]", path="dir", training=False
     )
     seed: int = setting(0, "Random seed.", check=checks.non_negative_int)
+    fresh: bool = setting(
+        False,
+        "Start over: delete the checkpoint that an interrupted run on the same --output left (and that of its "
+        "autoencoder's pretraining) instead of resuming it.",
+        training=False,
+    )
     verbose: int | None = setting(
         None, "Keras fit verbosity (None: bars on a terminal, else a line per epoch).", cli=False, training=False
     )

@@ -1,0 +1,161 @@
+"""Kill DECS and LFSS runs at random moments (SIGKILL, during training, evaluation and saving)
+and resume them each time; then check what a user would find.
+
+For each method, the same command (tiny data, tiny networks) is started again and again; each
+attempt is killed after a random delay, until ``--kills`` kills have landed. An attempt that
+finishes before its kill completes the run: its results are checked and removed, and the next
+attempt starts a new run. After the last kill the run is let finish, and checked:
+
+- the saved model loads, and labels the data as its labels CSV says;
+- the labels CSV holds one row per image;
+- no temporary file (``.part-``), lock or checkpoint is left behind;
+- no run started again from scratch: across the attempts of one run, each stage ran at most
+  its epochs plus one per kill (a kill loses at most the epoch in progress).
+
+    python bench/soak.py --kills 20                # DECS and LFSS, 20 kills each
+    python bench/soak.py --methods decs --kills 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = {
+    "decs": ["--pretrain-epochs", "12", "--pretrain-batch-size", "32", "--cluster-epochs", "12", "--batch-size", "64"],
+    "lfss": ["--preset", "cpu", "--epochs", "12", "--width", "0.0625", "--hidden", "16", "--dim", "8"]
+    + ["--batch-size", "32", "--eta", "2", "--eval-runs", "2", "--resume"],
+}
+STAGES = {"decs": ("Pretraining", "Clustering"), "lfss": ("LFSS",)}
+
+
+def make_data(folder: Path, seed: int) -> Path:
+    """240 tiny 16x16 RGB images in 3 separable groups."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), 80)
+    x = rng.uniform(0, 0.2, size=(240, 16, 16, 3)).astype(np.float32)
+    for label, corner in enumerate(((0, 0), (8, 8), (0, 8))):
+        x[y == label, corner[0] : corner[0] + 8, corner[1] : corner[1] + 8, label] += 0.7
+    path = folder / "soak.npz"
+    np.savez(path, x=np.clip(x, 0, 1), y=y)
+    return path
+
+
+def attempt(command: list[str], delay: float | None) -> tuple[str, bool]:
+    """Run ``command``; SIGKILL it after ``delay`` seconds (``None``: let it finish). Returns its
+    output and whether it was killed."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1")
+    )
+    try:
+        output, _ = process.communicate(timeout=delay)
+        return output, False
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        output, _ = process.communicate()
+        return output, True
+
+
+def epochs_run(outputs: list[str], method: str) -> dict[str, int]:
+    """Epochs each stage ran across the attempts of one run (``Epoch i/N`` lines per stage)."""
+    counts = dict.fromkeys(STAGES[method], 0)
+    for output in outputs:
+        stage = None
+        for line in output.splitlines():
+            stage = next((s for s in STAGES[method] if line.startswith(s)), stage)
+            if stage and re.match(r"Epoch \d+/\d+", line):
+                counts[stage] += 1
+    return counts
+
+
+def check(method: str, work: Path, outputs: list[str], kills: int, n_images: int) -> list[str]:
+    """What is wrong with the finished run's results (nothing: an empty list)."""
+    import deepstab  # noqa: F401  (selects the torch backend)
+    from deepstab import datasets
+    from deepstab.io import load_model
+
+    problems = []
+    out = work / "model.keras"
+    try:
+        model = load_model(out)
+        labels = np.loadtxt(out.with_suffix(".csv"), delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
+        if len(labels) != n_images:
+            problems.append(f"the labels CSV holds {len(labels)} rows, not {n_images}")
+        x, _ = datasets.load(f"npz:{work.parent / 'soak.npz'}")
+        predicted, _ = model.predict_clusters(x)
+        if not np.array_equal(predicted, labels[:, 1]):
+            problems.append("the saved model labels the data differently from its labels CSV")
+    except Exception as exc:  # the check reports every failure, whatever its type
+        problems.append(f"the results cannot be read back ({type(exc).__name__}: {exc})")
+    left = [p.name for p in work.rglob("*") if ".part-" in p.name or p.name.endswith(".lock")]
+    left += [p.name for p in work.iterdir() if p.name.startswith(".checkpoint-")]
+    if left:
+        problems.append(f"left behind: {', '.join(sorted(left))}")
+    limit = {"Pretraining": 12, "Clustering": 12, "LFSS": 12}
+    for stage, count in epochs_run(outputs, method).items():
+        if count > limit[stage] + kills:
+            problems.append(f"{stage} ran {count} epochs for {limit[stage]} and {kills} kills: it restarted")
+    return problems
+
+
+def soak(method: str, kills: int, folder: Path, rng: random.Random, data: Path) -> dict:
+    work = folder / method
+    command = [sys.executable, str(ROOT / "cli.py"), method, "--dataset", f"npz:{data}", *COMMANDS[method]]
+    command += ["--output", str(work / "model.keras"), "--models-dir", str(work)]
+    landed, runs, problems, outputs, run_kills = 0, 0, [], [], 0
+    while True:
+        finishing = landed >= kills
+        output, killed = attempt(command, None if finishing else rng.uniform(4.0, 30.0))
+        outputs.append(output)
+        if killed:
+            landed += 1
+            run_kills += 1
+            continue
+        if "Saved the model" not in output:
+            problems.append(f"an attempt failed:\n{output[-1500:]}")
+            break
+        runs += 1
+        found = check(method, work, outputs, run_kills, 240)
+        problems += [f"run {runs}: {p}" for p in found]
+        if finishing:
+            break
+        shutil.rmtree(work)  # the run finished before a kill: the next attempt starts a new run
+        outputs, run_kills = [], 0
+    return {"method": method, "kills": landed, "runs": runs, "problems": problems}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=["decs", "lfss"], choices=sorted(COMMANDS))
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    with tempfile.TemporaryDirectory(prefix="deepstab-soak-") as tmp:
+        folder = Path(tmp)
+        data = make_data(folder, args.seed)
+        print("method  kills survived  runs completed  runs lost  problems")
+        start = time.time()
+        for method in args.methods:
+            result = soak(method, args.kills, folder, rng, data)
+            lost = len({p.split(":")[0] for p in result["problems"]})
+            print(f"{method:<8}{result['kills']:>14}{result['runs']:>16}{lost:>11}  {len(result['problems'])}", flush=True)
+            for problem in result["problems"]:
+                print(f"  - {problem}")
+        print(f"({time.time() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
