@@ -151,7 +151,9 @@ def main() -> None:
         for method in args.methods:
             result = soak(method, args.kills, folder, rng, data)
             lost = len({p.split(":")[0] for p in result["problems"]})
-            print(f"{method:<8}{result['kills']:>14}{result['runs']:>16}{lost:>11}  {len(result['problems'])}", flush=True)
+            print(
+                f"{method:<8}{result['kills']:>14}{result['runs']:>16}{lost:>11}  {len(result['problems'])}", flush=True
+            )
             for problem in result["problems"]:
                 print(f"  - {problem}")
         print(f"({time.time() - start:.0f} s)")

@@ -50,7 +50,7 @@ METHOD_ONLY = {
 }
 # The settings that change the pretrained autoencoder (with the data, its cache key).
 AUTOENCODER_SETTINGS = (
-    "embedding_dim", "image_size", "standardise", "batch_norm", "init", "augmentation", "pretrain_augmented",
+    "embedding_dim", "input_side", "standardise", "batch_norm", "init", "augmentation", "pretrain_augmented",
     "clip_norm", "pretrain_epochs", "pretrain_batch_size", "lr", "seed",
 )  # fmt: skip
 
@@ -79,10 +79,11 @@ class CentroidRun(RunSettings):
     embedding_dim: int | None = setting(
         None, "Embedding size e of d-1024-512-256-e. [default: K]", check=checks.positive_int
     )
-    image_size: int | None = _own(
+    input_side: int | None = _own(
         FeedForwardClusterer,
         "image_size",
-        "Side the images are resized to first. [default: 28 for grey images, 32 for colour, as the BRB authors]",
+        "Side of the square images the autoencoder takes (resized inside the model). "
+        "[default: 28 for grey images, 32 for colour, as the BRB authors]",
         check=checks.positive_int,
     )
     standardise: str = _own(
@@ -232,10 +233,10 @@ class CentroidRun(RunSettings):
 
     def model_settings(self) -> dict:
         """The keyword arguments of the method's class that this run sets."""
-        shared = ("embedding_dim", "image_size", "standardise", "batch_norm", "init", "augmentation")
+        shared = ("embedding_dim", "standardise", "batch_norm", "init", "augmentation")
         shared += ("pretrain_augmented", "clip_norm", "views", "alpha")
         own = tuple(name for name, methods in METHOD_ONLY.items() if self.method in methods)
-        return {name: getattr(self, name) for name in shared + own}
+        return {name: getattr(self, name) for name in shared + own} | {"image_size": self.input_side}
 
 
 @dataclass
@@ -273,7 +274,7 @@ def run_centroid(run: CentroidRun, data: tuple[np.ndarray, np.ndarray | None] | 
     (and BRB when asked), evaluate the final model, save the model, labels and a plot."""
     with guarded_output(run):
         keras.utils.set_random_seed(run.seed)
-        x, y = data if data is not None else datasets.load(run.dataset, run.data_dir)
+        x, y = data if data is not None else datasets.load(run.dataset, run.data_dir, image_size=run.image_size)
         return _cluster(run, x, y)
 
 

@@ -208,7 +208,7 @@ def run_decs(
     """
     with guarded_output(run):
         keras.utils.set_random_seed(run.seed)
-        x, y = data if data is not None else datasets.load(run.dataset, run.data_dir)
+        x, y = data if data is not None else datasets.load(run.dataset, run.data_dir, image_size=run.image_size)
         if model is not None:
             return _cluster(run, model, x, y, callbacks, pretrain_seconds=0.0, initialise=False)
         return _pretrain_and_cluster(run, x, y, callbacks)

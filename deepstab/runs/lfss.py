@@ -219,7 +219,11 @@ def run_lfss(
     """
     with guarded_output(run):
         keras.utils.set_random_seed(run.seed)
-        x, y = data if data is not None else datasets.load(run.dataset, run.data_dir, stream=True)
+        x, y = (
+            data
+            if data is not None
+            else datasets.load(run.dataset, run.data_dir, stream=True, image_size=run.image_size)
+        )
         return _train(run, x, y, callbacks, model)
 
 

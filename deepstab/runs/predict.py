@@ -33,7 +33,8 @@ def run_predict(model_path: str, dataset: str, data_dir: str | None = None, outp
     """Label ``dataset`` with the model saved at ``model_path``; write the labels CSV to
     ``output`` (default: beside the model, ``<model>-<dataset>.csv``)."""
     model = load_model(model_path, expect=MODEL_TYPES)
-    x, y = datasets.load(dataset, data_dir, stream=True)
+    side = model.image_shape[0] if model.image_shape[0] == model.image_shape[1] else None
+    x, y = datasets.load(dataset, data_dir, stream=True, image_size=side if dataset.startswith("folder:") else None)
     if tuple(x.shape[1:]) != tuple(model.image_shape):
         raise DeepstabError(
             f"{model_path} was trained on images of shape {tuple(model.image_shape)}, but {dataset!r} has images of "

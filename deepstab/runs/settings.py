@@ -77,6 +77,11 @@ class RunSettings:
     data_dir: str | None = setting(
         None, "Folder holding dataset files. [default: $DEEPSTAB_DATA, else ./data]", path="dir", training=False
     )
+    image_size: int | None = setting(
+        None,
+        "Resize the images of a folder: dataset to NxN when it is converted (needed when their sizes differ).",
+        check=checks.positive_int,
+    )
     seed: int = setting(0, "Random seed.", check=checks.non_negative_int)
     fresh: bool = setting(
         False,

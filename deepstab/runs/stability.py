@@ -90,12 +90,14 @@ def run_stability(run: StabilityRun) -> dict:
     """Train ``run.method`` for ``run.epochs`` epochs with a :class:`SampleStabilityTracker`,
     then write the report to ``run.output``; return its summary."""
     out = Path(run.output)
-    x, y = datasets.load(run.dataset, run.data_dir)
+    x, y = datasets.load(run.dataset, run.data_dir, image_size=run.image_size)
     tracker = SampleStabilityTracker(x, every=run.track_every)
     if run.method == "decs":
         decs_run = DECSRun(
             dataset=run.dataset,
             data_dir=run.data_dir,
+            image_size=run.image_size,
+            fresh=run.fresh,
             preset=run.preset,
             pretrain_epochs=run.pretrain_epochs,
             pretrain_batch_size=run.pretrain_batch_size,
@@ -112,6 +114,8 @@ def run_stability(run: StabilityRun) -> dict:
         lfss_run = LFSSRun(
             dataset=run.dataset,
             data_dir=run.data_dir,
+            image_size=run.image_size,
+            fresh=run.fresh,
             preset="cpu",
             epochs=run.epochs,
             eta=max(run.epochs // 2, 1),
