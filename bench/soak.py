@@ -57,7 +57,11 @@ def attempt(command: list[str], delay: float | None) -> tuple[str, bool]:
     """Run ``command``; SIGKILL it after ``delay`` seconds (``None``: let it finish). Returns its
     output and whether it was killed."""
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1")
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", DEEPSTAB_CHECKPOINT_SECONDS="0"),
     )
     try:
         output, _ = process.communicate(timeout=delay)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -55,23 +56,35 @@ class Checkpoint(keras.callbacks.Callback):
         folder: where the checkpoint lives (created when first written).
         settings: the run's settings (JSON-ready); a checkpoint of other settings is refused.
         every: save every this many epochs.
+        min_seconds: and not sooner than this many seconds after the last save (short epochs
+            would otherwise spend a good share of their time writing checkpoints); the last
+            epoch is always saved.
     """
 
-    def __init__(self, folder: str | os.PathLike, settings: dict | None = None, every: int = 1):
+    def __init__(
+        self, folder: str | os.PathLike, settings: dict | None = None, every: int = 1, min_seconds: float = 0.0
+    ):
         super().__init__()
         self.folder = Path(folder)
         self.settings = json.loads(json.dumps(settings or {}, default=str))
         self.every = max(int(every), 1)
+        self.min_seconds = float(min_seconds)
+        self._last_save = time.monotonic()
 
     @property
     def exists(self) -> bool:
         """Whether a checkpoint (complete or not) is in the folder."""
         return self.folder.is_dir() and any(self.folder.iterdir())
 
+    def on_train_begin(self, logs=None):
+        self._last_save = time.monotonic()
+
     def on_epoch_end(self, epoch, logs=None):
         last = epoch + 1 == self.params.get("epochs")
-        if (epoch + 1) % self.every == 0 or last:
+        due = (epoch + 1) % self.every == 0 and time.monotonic() - self._last_save >= self.min_seconds
+        if due or last:
             self.save(self.model, epoch + 1)
+            self._last_save = time.monotonic()
 
     def save(self, model: keras.Model, epochs_done: int) -> None:
         """Write the state after ``epochs_done`` epochs; the metadata last, as the commit."""

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 os.environ["DEEPSTAB_OFFLINE"] = "1"
+os.environ["DEEPSTAB_CHECKPOINT_SECONDS"] = "0"  # checkpoint every epoch: the resume tests kill after one
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 SHARED = Path(os.environ.get("DEEPSTAB_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")).resolve()

@@ -29,6 +29,7 @@ from deepstab.nn.autoencoders import AUGMENTATIONS, STANDARDISATIONS
 from deepstab.nn.networks import INITS
 from deepstab.nn.optimizers import Adam
 from deepstab.runs.common import (
+    CHECKPOINT_SECONDS,
     autoencoder_path,
     checkpoint_folder,
     choose_n_clusters,
@@ -303,7 +304,7 @@ def _cluster(run: CentroidRun, x: np.ndarray, y: np.ndarray | None) -> CentroidR
             seed=run.seed,
         )
         callbacks.append(brb)
-    checkpoint = Checkpoint(checkpoint_folder(run.model_path), run.training_settings())
+    checkpoint = Checkpoint(checkpoint_folder(run.model_path), run.training_settings(), min_seconds=CHECKPOINT_SECONDS)
     callbacks.append(checkpoint)
     model.compile(optimizer=run.optimizer())
     initial_epoch = checkpoint.restore(model)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,11 @@ def choose_n_clusters(run, y: np.ndarray | None, n_samples: int) -> int:
             f"Dataset {run.dataset!r} has no labels, so the number of clusters is unknown: pass --n-clusters."
         )
     return checks.n_clusters("n_clusters", k, n_samples)
+
+
+# Short epochs are checkpointed at most this often, in seconds (a killed run loses at most this
+# much work); DEEPSTAB_CHECKPOINT_SECONDS=0 checkpoints every epoch.
+CHECKPOINT_SECONDS = float(os.environ.get("DEEPSTAB_CHECKPOINT_SECONDS", 30))
 
 
 def data_digest(x: np.ndarray) -> str:
@@ -77,7 +83,7 @@ def pretrained_autoencoder(
     print(f"Pretraining the {what}: {run.pretrain_epochs} epochs, batch {run.pretrain_batch_size}")
     start = time.perf_counter()
     with output_lock(path):
-        checkpoint = Checkpoint(checkpoint_folder(path), {"autoencoder": path.name})
+        checkpoint = Checkpoint(checkpoint_folder(path), {"autoencoder": path.name}, min_seconds=CHECKPOINT_SECONDS)
         if run.fresh:
             checkpoint.remove()
         model.pretrain(

@@ -26,6 +26,7 @@ from deepstab.methods.decs import DECS
 from deepstab.methods.losses import VARIANTS
 from deepstab.metrics import cluster_sizes, evaluate
 from deepstab.runs.common import (
+    CHECKPOINT_SECONDS,
     autoencoder_path,
     checkpoint_folder,
     choose_n_clusters,
@@ -245,7 +246,7 @@ def _cluster(run: DECSRun, model: DECS, x, y, extra_callbacks, pretrain_seconds:
             print("k-means on the pretrained embeddings: " + format_metrics(evaluate(y, init_labels)))
     steps = int(np.ceil(len(x) / run.batch_size))
     epochs = int(np.ceil(run.iterations / steps)) if run.iterations is not None else run.cluster_epochs
-    checkpoint = Checkpoint(checkpoint_folder(run.model_path), run.training_settings())
+    checkpoint = Checkpoint(checkpoint_folder(run.model_path), run.training_settings(), min_seconds=CHECKPOINT_SECONDS)
     callbacks: list = [checkpoint, TimeEstimate("clustering")]
     callbacks += [LabelMetrics(x, y, run.eval_every)] if y is not None else []
     model.compile(optimizer=run.optimizer())
