@@ -94,12 +94,12 @@ def check(method: str, work: Path, outputs: list[str], kills: int, n_images: int
     out = work / "model.keras"
     try:
         model = load_model(out)
-        labels = np.loadtxt(out.with_suffix(".csv"), delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
-        if len(labels) != n_images:
-            problems.append(f"the labels CSV holds {len(labels)} rows, not {n_images}")
+        rows = np.loadtxt(out.with_suffix(".csv"), delimiter=",", skiprows=1, ndmin=2)
+        if len(rows) != n_images:
+            problems.append(f"the labels CSV holds {len(rows)} rows, not {n_images}")
         x, _ = datasets.load(f"npz:{work.parent / 'soak.npz'}")
         predicted, _ = model.predict_clusters(x)
-        if not np.array_equal(predicted, labels[:, 1]):
+        if not np.array_equal(predicted, rows[:, 1].astype(np.int64)):
             problems.append("the saved model labels the data differently from its labels CSV")
     except Exception as exc:  # the check reports every failure, whatever its type
         problems.append(f"the results cannot be read back ({type(exc).__name__}: {exc})")

@@ -120,6 +120,28 @@ def test_idec_step_loss_equals_the_authors(blobs):
     assert float(np_(ours)) == pytest.approx(expected, rel=1e-4)
 
 
+def test_dec_step_passes_both_views_in_one_call_as_two(blobs):
+    x, _ = blobs
+    keras.utils.set_random_seed(4)
+    model = DEC(3, (8, 8, 1), **SMALL)
+    model.autoencoder.prepare(x)
+    model.initialize_centroids(x, seed=0)
+    clean = model.autoencoder.inputs(x[:16])
+    augmented = model.autoencoder.augmented(clean)
+    twin = DEC(3, (8, 8, 1), **SMALL)
+    twin.set_weights(model.get_weights())
+    core, twin_core = model.autoencoder.core, twin.autoencoder.core
+    separate = model.clustering_loss(core(augmented, training=True), core(clean, training=True), None)
+    from deepstab.nn.layers import views
+
+    with views(2):
+        z = twin_core(keras.ops.concatenate([augmented, clean]), training=True)
+    joint = twin.clustering_loss(z[:16], z[16:], None)
+    assert float(np_(joint)) == pytest.approx(float(np_(separate)), rel=1e-5)
+    for a, b in zip(model.weights, twin.weights):  # the moving statistics too
+        np.testing.assert_allclose(np_(a), np_(b), rtol=1e-5, atol=1e-6)
+
+
 def test_dcn_k_term_equals_the_authors(fixed):
     z_clean, z_aug, c = fixed
     a = np.argmin(sqdist(z_clean, c), axis=1)

@@ -41,6 +41,7 @@ from deepstab.methods.losses import (
     target_distribution,
 )
 from deepstab.nn.autoencoders import DenseAutoencoder
+from deepstab.nn.layers import views
 from deepstab.nn.networks import DENSE_HIDDEN
 from deepstab.nn.steps import apply_gradients, images_of
 
@@ -146,10 +147,10 @@ class FeedForwardClusterer(CentroidClusterer):
         """One forward pass of both views (batch statistics over both, as the authors' IDEC and
         DCN); returns ``(inputs, z, z_augmented, z_clean)``."""
         if clean is None:
-            z = self.autoencoder.core(augmented, training=True)
+            z = self.autoencoder.embed_inputs(augmented, training=True)
             return augmented, z, z, None
         both = ops.concatenate([augmented, clean], axis=0)
-        z = self.autoencoder.core(both, training=True)
+        z = self.autoencoder.embed_inputs(both, training=True)
         n = ops.shape(augmented)[0]
         return both, z, z[:n], z[n:]
 
@@ -239,11 +240,16 @@ class DEC(FeedForwardClusterer):
         return loss if q_clean is None else (dec_cross_entropy(p, q_clean) + loss) / 2
 
     def train_step(self, data):
-        """One DEC iteration: each view through the encoder on its own (its own batch statistics)."""
+        """One DEC iteration: each view normalised with its own batch statistics (as two passes
+        of the authors' code), in one call over both."""
         augmented, clean = self.view_pair(data)
-        core = self.autoencoder.core
-        z_clean = None if clean is None else core(clean, training=True)
-        return self.step(self.clustering_loss(core(augmented, training=True), z_clean, data[1]))
+        if clean is None:
+            z = self.autoencoder.embed_inputs(augmented, training=True)
+            return self.step(self.clustering_loss(z, None, data[1]))
+        with views(2):
+            z = self.autoencoder.embed_inputs(ops.concatenate([augmented, clean], axis=0), training=True)
+        n = ops.shape(augmented)[0]
+        return self.step(self.clustering_loss(z[:n], z[n:], data[1]))
 
     def get_config(self):
         return {**super().get_config(), "target": self.target_mode, "target_interval": self.target_interval}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-from keras import ops
 
 from deepstab import checks
 from deepstab.methods.base import CentroidClusterer
@@ -134,12 +133,12 @@ class DECS(CentroidClusterer):
     def train_step(self, data):
         """One clustering iteration of DECS on an augmented batch."""
         x = self.autoencoder.augmented(images_of(data))
-        z = self.encoder(x, training=True)
+        z = self.autoencoder.embed_inputs(x, training=True)
         q = self.clustering(z)  # Eq. 5
         t = otsu_threshold(q, self.nbins, value_range=(0.0, 1.0))  # constant threshold
         loss = decs_loss(q, t, self.variant, self.lam)  # Eqs. 6-8
         if self.recon_weight:  # Eq. 1: L = L_r + L_c
-            loss = loss + self.recon_weight * ops.mean(ops.square(self.autoencoder.decoder(z, training=True) - x))
+            loss = loss + self.recon_weight * self.autoencoder.reconstruction_loss(x, z)
         if self.size_prior_weight:
             loss = loss + self.size_prior_weight * size_prior(q)
         apply_gradients(self, loss, self._clustering_variables())

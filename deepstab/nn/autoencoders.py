@@ -21,7 +21,7 @@ from deepstab import checks
 from deepstab.nn.augment import RandomAffine, RandomShiftRotation
 from deepstab.nn.layers import Resize
 from deepstab.nn.networks import DEFAULT_FILTERS, DENSE_HIDDEN, INITS, build_conv_autoencoder, build_dense_autoencoder
-from deepstab.nn.steps import apply_gradients, clip_by_global_norm, images_of
+from deepstab.nn.steps import apply_gradients, chain_call, clip_by_global_norm, images_of
 
 
 class AugmentedAutoencoder(keras.Model):
@@ -83,7 +83,15 @@ class AugmentedAutoencoder(keras.Model):
 
     def reconstruction_loss(self, x, z):
         """MSE between the decoding of the embeddings ``z`` and the target of the inputs ``x``."""
-        return ops.mean(ops.square(self.decoder(z, training=True) - self.reconstruction_target(x)))
+        return ops.mean(ops.square(self.decode(z, training=True) - self.reconstruction_target(x)))
+
+    def embed_inputs(self, x, training: bool = False):
+        """``core(x)``, for the training steps (see :func:`~deepstab.nn.steps.chain_call`)."""
+        return chain_call(self.core, x, training)
+
+    def decode(self, z, training: bool = False):
+        """``decoder(z)``, for the training steps (see :func:`~deepstab.nn.steps.chain_call`)."""
+        return chain_call(self.decoder, z, training)
 
     def clip(self, grads: list, variables: list) -> list:
         """``grads`` of ``variables``, those of the autoencoder's weights clipped in place to a
@@ -108,7 +116,7 @@ class AugmentedAutoencoder(keras.Model):
         x = self.inputs(images_of(data))
         if self.pretrain_augmented:
             x = self.augmented(x)
-        loss = self.reconstruction_loss(x, self.core(x, training=True))
+        loss = self.reconstruction_loss(x, self.embed_inputs(x, training=True))
         apply_gradients(self, loss, self.trainable_weights, self.clip)
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import keras
 import numpy as np
+import torch
 import torch.nn.functional as F
 from keras import ops
 
@@ -73,6 +77,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     to normalise with the batch's statistics when called with ``training=True``,
     leaving the moving ones untouched (BYOL's target network in LFSS); a frozen
     layer otherwise runs in inference mode, as Keras's.
+
+    Inside ``with views(V):`` a training-mode batch is taken as ``V`` views stacked one after
+    the other (rows ``[v N, (v + 1) N)`` are view ``v``): each view is normalised with its own
+    batch statistics, and the moving statistics are updated by one view after the other. One
+    call of a network over the stacked views then computes what ``V`` calls would.
     """
 
     frozen_batch_statistics = False
@@ -85,16 +94,13 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if mask is not None:
             return super().call(inputs, training=training, mask=mask)
-        if training and not self.trainable and self.frozen_batch_statistics:
-            return F.batch_norm(
-                inputs,
-                None,
-                None,
-                self.gamma.value if self.scale else None,
-                self.beta.value if self.center else None,
-                training=True,
-                eps=self.epsilon,
-            )
+        gamma, beta = self.gamma.value if self.scale else None, self.beta.value if self.center else None
+        batch_statistics = training and not self.trainable and self.frozen_batch_statistics
+        n_views = _VIEWS.get()
+        if n_views > 1 and (batch_statistics or (training and self.trainable)):
+            return self._per_view(inputs, n_views, gamma, beta, update=not batch_statistics)
+        if batch_statistics:
+            return F.batch_norm(inputs, None, None, gamma, beta, training=True, eps=self.epsilon)
         return F.batch_norm(
             inputs,
             self.moving_mean.value,
@@ -105,6 +111,33 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             momentum=1.0 - self.momentum,
             eps=self.epsilon,
         )
+
+    def _per_view(self, inputs, n_views: int, gamma, beta, update: bool):
+        """Batch normalisation of each of ``n_views`` stacked views with its own statistics, the
+        moving statistics updated by one view after the other."""
+        n = inputs.shape[0] // n_views
+        mean, variance = (self.moving_mean.value, self.moving_variance.value) if update else (None, None)
+        parts = [
+            F.batch_norm(
+                inputs[v * n : (v + 1) * n], mean, variance, gamma, beta, True, 1.0 - self.momentum, self.epsilon
+            )
+            for v in range(n_views)
+        ]
+        return torch.cat(parts)
+
+
+_VIEWS: contextvars.ContextVar[int] = contextvars.ContextVar("views", default=1)
+
+
+@contextlib.contextmanager
+def views(n: int):
+    """Within the block, training-mode :class:`FusedBatchNormalization` layers take a batch as
+    ``n`` stacked views, each normalised with its own statistics (see there)."""
+    token = _VIEWS.set(int(n))
+    try:
+        yield
+    finally:
+        _VIEWS.reset(token)
 
 
 @keras.saving.register_keras_serializable(package="deepstab")

@@ -3,6 +3,8 @@ backward pass with an optimizer update."""
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import torch
 
@@ -35,3 +37,35 @@ def clip_by_global_norm(grads: list, max_norm: float) -> list:
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
     return grads
+
+
+def chain_call(model: keras.Model, x, training: bool = False):
+    """``model(x, training=training)`` for a functional model whose layers form one chain, with
+    each layer's ``call`` run directly. Keras's ``__call__`` (input checks, masking, autocasting,
+    name scopes) costs about 0.1 ms per layer on the torch backend, a tenth of a small network's
+    training step on a CPU; a chain of float32 layers needs none of it. Models that are not a
+    single chain are called as usual."""
+    chain = _chains.get(id(model))
+    if chain is None:
+        chain = _chains[id(model)] = _as_chain(model)
+    if not chain:
+        return model(x, training=training)
+    for layer, takes_training in chain:
+        x = layer.call(x, training=training) if takes_training else layer.call(x)
+    return x
+
+
+_chains: dict[int, list] = {}
+
+
+def _as_chain(model: keras.Model) -> list:
+    """``[(layer, call takes training)]`` when every layer of ``model`` feeds the next alone, else ``[]``."""
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    try:
+        linked = all(b.input is a.output for a, b in zip(layers, layers[1:]))
+        linked = linked and layers[0].input is model.inputs[0] and layers[-1].output is model.outputs[0]
+    except (AttributeError, ValueError, IndexError):  # several inbound nodes, or no layers
+        return []
+    if not linked or any(isinstance(layer, keras.Model) for layer in layers):
+        return []
+    return [(layer, "training" in inspect.signature(layer.call).parameters) for layer in layers]
