@@ -43,6 +43,16 @@ def test_model_defaults_have_one_source():
     assert (LFSSRun().delta, LFSSRun().tau, LFSSRun().lam) == (model.delta, model.tau, model.lam)
 
 
+def test_dcn_lambda_agrees_in_class_cli_and_readme():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    stated = float(re.search(r"λ = ([0-9.]+) for DCN's k-means term", readme).group(1))
+    cli_default = next(p.default for p in cli.commands["dcn"].params if p.name == "lam")
+    assert DCN(3, (4, 4, 1), hidden=(4,)).lam == cli_default == CentroidRun().lam == stated == 0.025
+
+
 def test_per_command_options_appear_only_where_they_apply():
     names = {c: {p.name for p in cli.commands[c].params} for c in ("dec", "idec", "dcn")}
     assert "gamma" in names["idec"] and "gamma" not in names["dec"] | names["dcn"]
