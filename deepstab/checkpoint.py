@@ -13,6 +13,9 @@ Invariants:
 - :meth:`Checkpoint.restore` loads a checkpoint only into a run with the same settings (the
   ``settings`` given to the constructor); a difference is named in the error.
 - Nothing is deleted until the caller says the run's results are saved (:meth:`remove`).
+- A resumed run continues from the saved weights, optimizer state, random-generator states and
+  method state; the order of its later batches is drawn anew, so it is not bit-identical to an
+  uninterrupted run.
 
 Example:
 

@@ -112,9 +112,9 @@ class BRB(keras.callbacks.Callback):
     """Soft reset and re-clustering every ``interval`` epochs (at the start of epochs
     ``interval``, ``2 interval``, ...; never after the last epoch, so the final model is a
     trained one). The epochs (0-based) are kept in ``reset_epochs`` and marked ``brb = 1``
-    in the logs; ``seconds`` is the time spent in the interventions. A run resumed by
-    ``keras.callbacks.BackupAndRestore`` with a new BRB of the same seed records the earlier
-    interventions and makes the later ones draw what an uninterrupted run draws.
+    in the logs; ``seconds`` is the time spent in the interventions. A run resumed from a
+    checkpoint (``fit`` with ``initial_epoch``) with a new BRB of the same seed records the
+    earlier interventions and makes the later ones draw what an uninterrupted run draws.
 
     Args:
         x: the training images (the subsample for k-means is drawn from them).
