@@ -149,7 +149,8 @@ def run_all(args: argparse.Namespace, done: set) -> None:
             record(args, measure(args, row, loaded[row["dataset"]]))
         return
     firsts = list({(row["dataset"], row["seed"]): row for row in reversed(todo)}.values())
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=context, max_tasks_per_child=1) as pool:  # a fresh process per run
         for future in as_completed([pool.submit(pretrain, args, row) for row in firsts]):
             future.result()
         for future in as_completed([pool.submit(measure, args, row) for row in todo]):

@@ -39,7 +39,7 @@ def keras_side(args) -> list[float]:
     model.set_cluster_state(np.arange(len(x)) % 10, np.arange(len(x)) % 10 != 0)  # L_C active
     model.use_stability = True
     data = IndexedImages(x, args.batch, seed=0)
-    model.compile(optimizer=lfss_optimizer(0.05, 1000))
+    model.compile(optimizer=lfss_optimizer(0.05, 100, 1000))
     starts: list[float] = []
 
     class Clock(keras.callbacks.Callback):

@@ -93,7 +93,7 @@ def models():
     lfss = LFSSModel((32, 32, 3), 10, width=0.125, hidden=64, dim=32, eta=10**6, seed=0)
     lfss.set_cluster_state(np.arange(len(colour)) % 10, np.arange(len(colour)) % 10 != 0)  # L_C active
     lfss.use_stability = True
-    lfss.compile(optimizer=lfss_optimizer(0.05, 1000))
+    lfss.compile(optimizer=lfss_optimizer(0.05, 100, 1000))
     yield "lfss", lfss, IndexedImages(colour, batch, seed=0), None, steps
 
     for name, cls in (("decs", deepstab.DECS), ("dec", DEC), ("idec", IDEC), ("dcn", DCN)):

@@ -1,9 +1,11 @@
 """A plain-PyTorch twin of one LFSS training step, for speed comparisons only.
 
-The same computation as ``deepstab.methods.lfss.LFSSModel.train_step`` with the BYOL base: two SimCLR
-views (crop and flip by one ``grid_sample``, colour jitter, grayscale), a ResNet-18 with the
-CIFAR stem and a projector for the online, target and predecessor networks, the predictor, the
-losses L_S, L_I and L_C, SGD with momentum and weight decay, and the EMA update. NCHW layout.
+The same computation as ``deepstab.methods.lfss.LFSSModel.train_step`` with the BYOL base, written
+as the LFSS authors' code writes it: two SimCLR views (crop and flip by one ``grid_sample``, colour
+jitter, grayscale), a ResNet-18 with the CIFAR stem and a projector for the online, target and
+predecessor networks (each view its own forward pass, all in training mode), the predictor, the
+losses L_S, L_I and L_C, SGD with momentum and weight decay, and the EMA of the parameters.
+NCHW layout.
 """
 
 from __future__ import annotations
@@ -19,13 +21,11 @@ from torch import nn
 class Block(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.c1, self.b1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)
-        self.c2, self.b2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)
+        self.c1, self.b1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.c2, self.b2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
         self.down = None
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)
-            )
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
         h = F.relu(self.b1(self.c1(x)))
@@ -37,7 +37,7 @@ def resnet18_cifar(channels: int = 3, width: float = 1.0) -> nn.Module:
     widths = [max(int(round(f * width)), 4) for f in (64, 128, 256, 512)]
     layers = [
         nn.Conv2d(channels, widths[0], 3, 1, 1, bias=False),
-        nn.BatchNorm2d(widths[0], eps=1e-3, momentum=0.01),
+        nn.BatchNorm2d(widths[0]),
         nn.ReLU(),
     ]
     previous = widths[0]
@@ -50,8 +50,8 @@ def resnet18_cifar(channels: int = 3, width: float = 1.0) -> nn.Module:
 
 def mlp(din: int, hidden: int, dout: int) -> nn.Module:
     return nn.Sequential(
-        nn.Linear(din, hidden, bias=False),
-        nn.BatchNorm1d(hidden, eps=1e-3, momentum=0.01),
+        nn.Linear(din, hidden),
+        nn.BatchNorm1d(hidden),
         nn.ReLU(),
         nn.Linear(hidden, dout),
     )
@@ -90,17 +90,17 @@ def simclr_view(x: torch.Tensor) -> torch.Tensor:
     return torch.where((u(0, 1) < 0.2).view(-1, 1, 1, 1), gray(x).expand(-1, 3, -1, -1), x)
 
 
-def nt_xent(a, b, tau=0.5):
-    n = a.shape[0]
-    z = F.normalize(torch.cat([a, b]), dim=1)
-    logits = (z @ z.T / tau).masked_fill(torch.eye(2 * n, dtype=torch.bool), -1e9)
-    return F.cross_entropy(logits, torch.cat([torch.arange(n) + n, torch.arange(n)]))
+def nt_xent_self(online, predecessor, tau=0.5):
+    a, b = F.normalize(online, dim=1), F.normalize(predecessor, dim=1)
+    sim = torch.exp(a @ b.T / tau)
+    positive = sim.diagonal()
+    return (-torch.log(positive / (sim.sum(1) - positive))).mean()
 
 
 def centres(z, labels, keep, k):
     onehot = F.one_hot(labels, k).float() * keep.float()[:, None]
     counts = onehot.sum(0)
-    return F.normalize(onehot.T @ F.normalize(z, dim=1) / counts.clamp(min=1)[:, None], dim=1), counts > 0
+    return F.normalize(onehot.T @ z / counts.clamp(min=1)[:, None], dim=1), counts > 0
 
 
 def cluster_loss(zo, zt, labels, keep, k, tau=0.5):
@@ -121,13 +121,7 @@ class TorchLFSS:
         features = backbone(torch.zeros(2, 3, 32, 32)).shape[1]
         self.online = nn.Sequential(backbone, mlp(features, hidden, dim))
         self.predictor = mlp(dim, hidden, dim)
-        # Target and predecessor normalise with batch statistics and never update their running
-        # ones (train mode, BN momentum 0), as deepstab's LFSSModel step.
         self.target, self.predecessor = copy.deepcopy(self.online), copy.deepcopy(self.online)
-        for frozen in (self.target, self.predecessor):
-            for module in frozen.modules():
-                if isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
-                    module.momentum = 0.0
         for p in list(self.target.parameters()) + list(self.predecessor.parameters()):
             p.requires_grad_(False)
         self.optimizer = torch.optim.SGD(
@@ -150,17 +144,14 @@ class TorchLFSS:
             p1, p2 = self.predecessor(x1), self.predecessor(x2)
         h1 = self.predictor(z1 + self.sigma * torch.randn_like(z1))
         h2 = self.predictor(z2 + self.sigma * torch.randn_like(z2))
-        l_s = (2 - 2 * F.cosine_similarity(h1, t2)).mean() + (2 - 2 * F.cosine_similarity(h2, t1)).mean()
-        l_i = (nt_xent(z1, p1) + nt_xent(z2, p2)) / 2
+        l_s = ((2 - 2 * F.cosine_similarity(h1, t2)).mean() + (2 - 2 * F.cosine_similarity(h2, t1)).mean()) / 2
+        l_i = (nt_xent_self(z1, p1) + nt_xent_self(z2, p2)) / 2
         l_c = (cluster_loss(z1, t2, labels, keep, self.k) + cluster_loss(z2, t1, labels, keep, self.k)) / 2
         loss = l_s + self.lam * (l_i + l_c)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         with torch.no_grad():
-            for t, o in zip(self.target.state_dict().values(), self.online.state_dict().values()):
-                if t.dtype.is_floating_point:
-                    t.mul_(self.m).add_(o, alpha=1 - self.m)
-                else:
-                    t.copy_(o)
+            for t, o in zip(self.target.parameters(), self.online.parameters()):
+                t.mul_(self.m).add_(o, alpha=1 - self.m)
         return loss

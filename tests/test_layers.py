@@ -58,9 +58,33 @@ def test_frozen_batch_norm_can_use_batch_statistics_without_updating_them():
     np.testing.assert_allclose(
         ops.convert_to_numpy(layer(x, training=True)), x / np.sqrt(1 + 1e-3), rtol=1e-5
     )  # inference
-    layer.frozen_batch_statistics = True
+    layer.frozen_mode = "batch"  # batch statistics, the moving ones untouched
     out = ops.convert_to_numpy(layer(x, training=True))
     np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-5)
     np.testing.assert_allclose(out.std(0), 1.0, rtol=1e-3)
     np.testing.assert_array_equal(ops.convert_to_numpy(layer.moving_mean), np.zeros(4))
     np.testing.assert_array_equal(ops.convert_to_numpy(layer.moving_variance), np.ones(4))
+    layer.frozen_mode = "track"  # batch statistics, and the moving ones updated (PyTorch's train mode)
+    tracked = ops.convert_to_numpy(layer(x, training=True))
+    np.testing.assert_allclose(tracked, out, rtol=1e-5, atol=1e-6)
+    expected = (1 - layer.momentum) * ops.convert_to_numpy(x).mean(0)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_mean), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_chain_call_matches_keras_call_for_every_new_model():
+    """Models come and go (one per run, per test); each one's chain is its own and goes with it,
+    so a new model at a collected one's address can never borrow its chain."""
+    import gc
+    import weakref
+
+    from deepstab.nn.steps import chain_call
+
+    x = np.random.default_rng(0).random((5, 6), dtype=np.float32)
+    for i in range(8):  # every model differs in shape, so a borrowed chain cannot pass
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2 + i), keras.layers.Dense(3 + i)])
+        got = keras.ops.convert_to_numpy(chain_call(model, x))
+        np.testing.assert_allclose(got, keras.ops.convert_to_numpy(model(x)), rtol=1e-6)
+        layer = weakref.ref(model.layers[0])
+        del model
+        gc.collect()
+        assert layer() is None, "chain_call keeps a collected model's layers alive"

@@ -9,8 +9,8 @@ import pytest
 from deepstab.datasets.streaming import IndexedImages
 from deepstab.errors import DeepstabError
 from deepstab.io import load_model, save_model
-from deepstab.methods.lfss import LFSSModel
-from deepstab.methods.losses import byol_loss, cluster_centres, cluster_loss, info_nce, nt_xent
+from deepstab.methods.lfss import LFSSModel, WarmupCosine
+from deepstab.methods.losses import byol_loss, cluster_centres, cluster_loss, info_nce, nt_xent, nt_xent_self
 from deepstab.nn.networks import build_resnet
 
 TINY = dict(width=0.0625, hidden=16, dim=8)
@@ -61,7 +61,7 @@ def test_cluster_centres_and_loss_by_hand():
     z = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0], [0.0, -1.0]])
     labels, keep = np.array([0, 0, 1, 1]), np.array([True, True, True, False])
     centres, present = cluster_centres(z, labels, keep, 3)
-    expected0 = unit(np.array([[0.5, 0.5]]))[0]  # mean of the unit rows (1, 0) and (0, 1)
+    expected0 = unit(np.array([[0.5, 1.0]]))[0]  # the mean of the raw rows (1, 0) and (0, 2), normalised
     np.testing.assert_allclose(np_(centres)[0], expected0, atol=1e-6)
     np.testing.assert_allclose(np_(centres)[1], [0.6, 0.8], atol=1e-6)  # sample 3 is left out
     assert np_(present).tolist() == [True, True, False]
@@ -69,6 +69,98 @@ def test_cluster_centres_and_loss_by_hand():
     ct, _ = cluster_centres(zt, labels, keep, 3)
     by_hand = nt_xent(np_(centres)[:2], np_(ct)[:2], 0.5)
     assert float(np_(cluster_loss(z, zt, labels, keep, 3, 0.5))) == pytest.approx(float(np_(by_hand)), rel=1e-5)
+
+
+# The LFSS authors' computations (models/LFSS.py, models/util.py), written out in NumPy.
+
+
+def authors_nt_xent_self(new, old, t=0.5):  # util.nt_xent_self(new, t, old)
+    a, b = unit(new), unit(old)
+    sim = np.exp(a @ b.T / t)
+    pos = np.diag(sim)
+    return np.mean(-np.log(pos / (sim.sum(1) - pos)))
+
+
+def authors_nt_xent(x, y, t=0.5):  # util.nt_xent(x, t, y): positives in the denominator, 2B anchors
+    out = unit(np.concatenate([x, y]))
+    sim = np.exp(out @ out.T / t)
+    n = len(x)
+    losses = []
+    for i in range(2 * n):
+        partner = (i + n) % (2 * n)
+        negatives = sum(sim[i, j] for j in range(2 * n) if j not in (i, partner))
+        losses.append(-np.log(sim[i, partner] / (sim[i, partner] + negatives)))
+    return np.mean(losses)
+
+
+def authors_prt_loss(q, k, labels, n_clusters, t=0.5):  # LFSS.forward_prt_loss; label -1 = dropped
+    present = [c for c in range(n_clusters) if (labels == c).any()]
+    q_centres = np.stack([q[labels == c].mean(0) for c in present])
+    k_centres = np.stack([k[labels == c].mean(0) for c in present])
+    return authors_nt_xent(q_centres, k_centres, t)
+
+
+def test_instance_loss_equals_the_authors_nt_xent_self():
+    rng = np.random.default_rng(2)
+    online, predecessor = rng.normal(size=(6, 5)) * 3, rng.normal(size=(6, 5))
+    ours = float(np_(nt_xent_self(online, predecessor, 0.5)))
+    assert ours == pytest.approx(authors_nt_xent_self(online, predecessor), rel=1e-5)
+
+
+def test_cluster_loss_equals_the_authors_forward_prt_loss():
+    rng = np.random.default_rng(3)
+    q, k = rng.normal(size=(12, 4)) * rng.uniform(0.2, 5, (12, 1)), rng.normal(size=(12, 4))
+    labels = np.array([0, 0, 1, 2, 2, 2, 1, 0, 3, 3, 1, 0])
+    keep = np.ones(12, bool)
+    keep[[2, 8]] = False  # the least stable: the authors' label -1
+    ours = float(np_(cluster_loss(q, k, labels, keep, 5, 0.5)))
+    assert ours == pytest.approx(authors_prt_loss(q, k, np.where(keep, labels, -1), 5), rel=1e-5)
+
+
+def test_self_distillation_averages_the_two_directions(images):
+    model = LFSSModel((16, 16, 3), 2, sigma=0.0, **TINY)
+    rng = np.random.default_rng(4)
+    z1, z2, t1, t2 = (keras.ops.convert_to_tensor(rng.normal(size=(16, 8)).astype("float32")) for _ in range(4))
+    p1, p2 = np_(model.predictor(z1, training=True)), np_(model.predictor(z2, training=True))
+
+    def authors_noise_loss(p, k):  # LFSS.forward_noise_loss with sigma 0
+        return np.mean(2 - 2 * np.sum(unit(p) * unit(np_(k)), axis=1))
+
+    expected = 0.5 * (authors_noise_loss(p1, t2) + authors_noise_loss(p2, t1))
+    assert float(np_(model._base_loss(z1, z2, t1, t2))) == pytest.approx(expected, rel=1e-4)
+
+
+def test_learning_rate_is_the_authors_warm_up_and_cosine():
+    schedule = WarmupCosine(0.05, steps_per_epoch=235, epochs=1000)
+
+    def authors(n_iter):  # util.adjust_learning_rate with cosine_annealing_LR, warm-up 10, eta_min 0.5
+        e = n_iter / 235 + 1
+        if e < 10:
+            return 0.05 * e / 10
+        return 0.025 + 0.5 * (0.05 - 0.025) * (1 + math.cos((e - 10) * math.pi / 1000))
+
+    for step in (0, 234, 2114, 2115, 117499, 234999):
+        assert float(np_(schedule(step))) == pytest.approx(authors(step + 1), rel=1e-5)
+
+
+def test_networks_are_initialised_and_padded_as_pytorch():
+    import torch
+
+    net = build_resnet((32, 32, 3), 18, width=0.25)
+    conv = net.get_layer("s2b1_a_conv")  # 3x3, stride 2
+    fan_out = 3 * 3 * conv.kernel.shape[-1]
+    assert np_(conv.kernel).std() == pytest.approx(math.sqrt(2 / fan_out), rel=0.1)  # kaiming_normal_ fan_out
+    bn = net.get_layer("s2b1_a_bn")
+    assert (bn.momentum, bn.epsilon) == (0.9, 1e-5)
+    x = np.random.default_rng(0).random((2, 16, 8, 8)).astype("float32")  # NCHW, the layer's layout
+    pad = conv._inbound_nodes[0].parent_nodes[0].operation  # the ZeroPadding2D before the conv
+    ours = np_(conv(pad(x)))
+    kernel = torch.from_numpy(np_(conv.kernel)).permute(3, 2, 0, 1)  # (out, in, kh, kw)
+    theirs = torch.nn.functional.conv2d(torch.from_numpy(x), kernel, stride=2, padding=1).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)  # PyTorch's symmetric padding
+    model = LFSSModel((16, 16, 3), 2, **TINY)
+    first, last = (layer for layer in model.predictor.layers if isinstance(layer, keras.layers.Dense))
+    assert np_(first.kernel).std() == pytest.approx(0.01, rel=0.2) and not np_(last.bias).any()
 
 
 def test_info_nce_by_hand():
@@ -102,7 +194,11 @@ def test_gradients_reach_only_online_and_predictor(images):
     online, predictor = weights(model.online), weights(model.predictor)
     target, predecessor = weights(model.target), weights(model.predecessor)
     _step(model, images[:16])
-    assert all(np.allclose(a, b) for a, b in zip(target, weights(model.target)))  # momentum 1: untouched
+    trainable = [w.trainable for w in model.online.weights]
+    pairs = [(a, b) for a, b, t in zip(target, weights(model.target), trainable) if t]
+    assert all(np.allclose(a, b) for a, b in pairs)  # momentum 1: the EMA leaves the weights alone
+    moving = [(a, b) for a, b, t in zip(target, weights(model.target), trainable) if not t]
+    assert not all(np.allclose(a, b) for a, b in moving)  # the target's own batch-norm statistics move
     assert all(np.allclose(a, b) for a, b in zip(predecessor, weights(model.predecessor)))
     assert all(w.value.grad is None for w in model.target.weights + model.predecessor.weights)
     assert not all(np.allclose(a, b) for a, b in zip(online, weights(model.online)))
@@ -116,8 +212,8 @@ def test_ema_update_matches_its_formula(images):
     before = weights(model.target)
     _step(model, images[16:])
     online = weights(model.online)
-    for b, o, after, w in zip(before, online, weights(model.target), model.target.weights):
-        if w.dtype.startswith("float"):
+    for b, o, after, w in zip(before, online, weights(model.target), model.online.weights):
+        if w.trainable:  # the EMA averages the trainable weights (the authors' parameters)
             np.testing.assert_allclose(after, 0.9 * b + 0.1 * o, rtol=1e-5, atol=1e-6)
 
 
@@ -204,3 +300,104 @@ def test_bad_arguments_and_inputs(images):
     model.compile()
     with pytest.raises(DeepstabError, match="needs images"):
         model.fit(images[..., :1], epochs=1)
+
+
+def authors_cosine_kmeans(x, k, random_state=0, n_init=10, max_iter=300, tol=1e-4):
+    """torch_clustering.PyTorchKMeans(metric='cosine') of the LFSS authors' code, on one CPU process."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.as_tensor(x, dtype=torch.float64)
+
+    def dist(a, b):
+        return 1 - F.normalize(a, dim=1) @ F.normalize(b, dim=1).t()
+
+    def predict(c):
+        inertia, lab = dist(x, c).min(1)
+        return lab, inertia.sum()
+
+    def kpp(seed):
+        g = torch.Generator().manual_seed(seed)
+        n, trials = len(x), 2 + int(np.log(k))
+        cid = torch.randint(n, (1,), generator=g)
+        cs, closest = [x[cid][0]], dist(x[cid], x)[0]
+        pot = closest.sum()
+        for _ in range(1, k):
+            r = torch.rand(trials, generator=g, dtype=torch.float64) * pot
+            cand = torch.searchsorted(torch.cumsum(closest, 0), r).clamp(max=n - 1)
+            dc = torch.minimum(closest, dist(x[cand], x))
+            pots = dc.sum(1)
+            best = torch.argmin(pots)
+            pot, closest = pots[best], dc[best]
+            cs.append(x[cand[best]])
+        return torch.stack(cs)
+
+    tol_abs = torch.mean(torch.var(x, dim=0)) * tol
+    best_inertia, best_labels = float("inf"), None
+    for r in range(n_init):
+        old_state = kpp(random_state + r)
+        old_labels, _ = predict(old_state)
+        for _ in range(max_iter):
+            counts = torch.zeros(k, dtype=x.dtype) + 1e-6
+            cls, cnt = torch.unique(old_labels, return_counts=True)
+            counts[cls] = cnt.to(x.dtype)
+            state = torch.zeros(k, x.shape[1], dtype=x.dtype).index_add_(0, old_labels, x) / counts[:, None]
+            labels, inertia = predict(state)
+            if inertia < best_inertia:
+                best_inertia, best_labels = inertia, labels
+            if torch.equal(labels, old_labels):
+                break
+            shift = (1 - (F.normalize(old_state, dim=1) * F.normalize(state, dim=1)).sum(1)).sum()
+            if shift <= tol_abs:
+                break
+            old_labels, old_state = labels.clone(), state
+    return best_labels.numpy()
+
+
+def test_pseudo_labels_are_the_authors_cosine_kmeans():
+    from deepstab.nn.kmeans import cosine_kmeans
+
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(4, 6))
+    z = centres[rng.integers(0, 4, 300)] * rng.uniform(0.3, 3, (300, 1)) + rng.normal(size=(300, 6))
+    for seed in (0, 1824):
+        np.testing.assert_array_equal(cosine_kmeans(z, 4, seed=seed), authors_cosine_kmeans(z, 4, seed))
+
+
+def test_sgd_has_pytorchs_momentum_under_a_changing_learning_rate():
+    import torch
+
+    from deepstab.nn.optimizers import SGD
+
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([0, 1], [0.1, 0.05, 0.01])  # steps 0, 1, 2
+    ours = keras.Variable(np.array([1.0, -2.0], "float32"))
+    optimizer = SGD(schedule, momentum=0.9)
+    theirs = torch.tensor([1.0, -2.0], requires_grad=True)
+    reference = torch.optim.SGD([theirs], lr=0.1, momentum=0.9)
+    for step, lr in enumerate((0.1, 0.05, 0.01)):
+        grad = np.array([0.5, 1.5], "float32") * (step + 1)
+        optimizer.apply([keras.ops.convert_to_tensor(grad)], [ours])
+        reference.param_groups[0]["lr"] = lr
+        theirs.grad = torch.from_numpy(grad)
+        reference.step()
+    np.testing.assert_allclose(np_(ours), theirs.detach().numpy(), rtol=1e-6)
+
+
+def test_both_views_in_one_call_compute_what_two_calls_compute(images):
+    from deepstab.methods.lfss import _both_views
+
+    model = LFSSModel((16, 16, 3), 2, **TINY)
+    twin = LFSSModel((16, 16, 3), 2, **TINY)
+    twin.set_weights(model.get_weights())
+    x1, x2 = images[:8], images[8:16]
+    for network, other in (
+        (model.online, twin.online),
+        (model.target, twin.target),
+        (model.predecessor, twin.predecessor),
+    ):
+        separate = [np_(network(x, training=True)) for x in (x1, x2)]
+        joint = [np_(z) for z in _both_views(other, np.concatenate([x1, x2]))]
+        for a, b in zip(separate, joint):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(model.weights, twin.weights):  # the moving statistics too (online and target track them)
+        np.testing.assert_allclose(np_(a), np_(b), rtol=1e-5, atol=1e-6)

@@ -15,16 +15,27 @@ class IndexedImages(keras.utils.PyDataset):
     """Batches ``(x[batch], batch indices)`` of an image array, reshuffled every epoch, so that
     ``train_step`` can look up each sample's pseudo-label and stability. ``x`` may be float in
     [0, 1] or uint8, in memory or memory-mapped from disk (``datasets.load(..., stream=True)``):
-    only the batch is read and converted to float32."""
+    only the batch is read and converted to float32. With ``drop_last=False`` the last, smaller
+    batch is kept too (unless it would hold a single image)."""
 
-    def __init__(self, x: np.ndarray, batch_size: int, shuffle: bool = True, seed: int | None = None, **kwargs):
+    def __init__(
+        self,
+        x: np.ndarray,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int | None = None,
+        drop_last: bool = True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
-        self.x, self.batch_size, self.shuffle = x, int(batch_size), shuffle
+        self.x, self.batch_size, self.shuffle, self.drop_last = x, int(batch_size), shuffle, bool(drop_last)
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(x)) if shuffle else np.arange(len(x))
 
     def __len__(self) -> int:
-        return len(self.x) // self.batch_size if len(self.x) >= self.batch_size else 1  # full batches, as the papers
+        if not self.drop_last and len(self.x) % self.batch_size != 1:  # a batch of one cannot be normalised
+            return -(-len(self.x) // self.batch_size)
+        return len(self.x) // self.batch_size if len(self.x) >= self.batch_size else 1  # full batches only
 
     def __getitem__(self, i):
         index = np.sort(self.order[i * self.batch_size : (i + 1) * self.batch_size])

@@ -1,27 +1,27 @@
-"""LFSS: learning from sample stability for deep clustering (ICML 2025).
+"""LFSS: learning from sample stability for deep clustering (Li et al., ICML 2025), as the
+authors' code computes it where the paper leaves a choice.
 
-A BYOL-style network (LFSS §3.2, Algorithm 1): the online encoder ``f_o`` (ResNet backbone and
-projector MLP) and predictor ``h`` are trained; the target ``f_t`` is their
-exponential moving average; the predecessor ``f_p`` is the target as it was at the
-end of the previous epoch. Per step, on two SimCLR views ``x^o, x^t`` of a batch:
+A BYOL-style network (§3.2, Algorithm 1): the online encoder ``f_o`` (ResNet backbone and
+projector MLP) and predictor ``h`` are trained; the target ``f_t`` is their exponential moving
+average (over the trainable weights; its batch normalisation keeps its own moving statistics);
+the predecessor ``f_p`` is the target as it was at the end of the previous epoch. Per step, on
+two SimCLR views ``x^1, x^2`` of a batch:
 
-- ``L_S`` (Eq. 9): ``2 - 2 cos(f_t(x^t), h(f_o(x^o) + σξ))``, symmetrised over the views
-  (the sum of both directions, as BYOL);
-- ``L_I`` (Eq. 4): NT-Xent between ``f_o(x)`` and ``f_p(x)`` of the same view;
-- ``L_C`` (Eqs. 5-8), after the warm-up of ``eta`` epochs: NT-Xent between the cluster
-  centres of online and target embeddings, over the samples of the batch that are not
-  among the ``delta`` least stable (stability ``cos(f_t(x), f_p(x))``), with the
+- ``L_S`` (Eq. 9): ``2 - 2 cos(f_t(x^2), h(f_o(x^1) + σξ))``, averaged over the two directions;
+- ``L_I`` (Eq. 4): each online embedding ``f_o(x_i)`` against the predecessor's of the same view:
+  positive ``f_p(x_i)``, negatives ``f_p(x_j)`` of the other samples, the positive left out of
+  the denominator (:func:`~deepstab.methods.losses.nt_xent_self`), averaged over the views;
+- ``L_C`` (Eqs. 5-8), after the warm-up of ``eta`` epochs: NT-Xent between the cluster centres
+  (means of raw embeddings, normalised) of the online embeddings of one view and the target's of
+  the other, over the samples of the batch that are not among the ``delta`` least stable
+  (stability ``cos(f_t(x), f_p(x))``, one epoch apart, as the paper defines it), with the
   clusters from k-means on the target embeddings, refreshed every epoch;
 - total (Eq. 10): ``L_S + λ (L_I + L_C)``.
 
-In the train step the target and the predecessor (frozen: only the online network
-and the predictor learn) normalise with the statistics of the batch, as BYOL's
-target does, without touching their moving statistics; those, averaged by the EMA
-like every other weight, serve the embeddings, so each network stays a function of
-its weights. With inference-mode normalisation in the step instead, a CPU-sized run
-on CIFAR-10 learned far less (docs/results.md, "LFSS"). ``base="simclr"`` and ``base="moco"``
-replace ``L_S`` by their own loss (Table 6); ``stability=False`` switches ``L_I`` and
-``L_C`` off.
+Target and predecessor run in training mode in a step (batch statistics), as in the authors'
+code. ``base="simclr"`` and ``base="moco"`` replace ``L_S`` by their own loss (Table 6; the
+SimCLR variant has no EMA target: its target is the online network itself, without gradient);
+``stability=False`` switches ``L_I`` and ``L_C`` off.
 """
 
 from __future__ import annotations
@@ -39,23 +39,60 @@ from deepstab.datasets.store import to_unit_float
 from deepstab.datasets.streaming import indexed_batches
 from deepstab.errors import DeepstabError
 from deepstab.methods.lfss_callbacks import LFSSEpochEnd
-from deepstab.methods.losses import byol_loss, cluster_loss, info_nce, nt_xent
+from deepstab.methods.losses import byol_loss, cluster_loss, info_nce, nt_xent, nt_xent_self
 from deepstab.metrics import evaluate
 from deepstab.nn.augment import SimCLRAugment
 from deepstab.nn.constants import like
-from deepstab.nn.kmeans import kmeans
-from deepstab.nn.layers import FusedBatchNormalization
+from deepstab.nn.kmeans import cosine_kmeans
+from deepstab.nn.layers import FusedBatchNormalization, views
 from deepstab.nn.networks import RESNETS, build_mlp, build_resnet
+from deepstab.nn.optimizers import SGD
 from deepstab.nn.steps import apply_gradients, images_of
 
 BASES = ("byol", "simclr", "moco")
+# The k-means seeds of the authors' evaluation (random.seed(42), ten draws).
+EVALUATION_SEEDS = (1824, 409, 4506, 4012, 3657, 2286, 1679, 8935, 1424, 9674)
 
 
-def lfss_optimizer(lr: float = 0.05, total_steps: int = 1000, momentum: float = 0.9) -> keras.optimizers.Optimizer:
-    """SGD with momentum and cosine decay per iteration (LFSS §4.1); weight decay is added
-    to the gradients by :class:`LFSSModel` (as PyTorch's SGD does)."""
-    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(int(total_steps), 1))
-    return keras.optimizers.SGD(schedule, momentum=momentum)
+@keras.saving.register_keras_serializable(package="deepstab")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """The LFSS authors' learning rate per iteration (their ``adjust_learning_rate``): with
+    ``e = (step + 1) / steps_per_epoch + 1``, ``lr = base e / warmup`` while ``e < warmup``, then
+    ``min + ½ (base - min)(1 + cos(π (e - warmup) / epochs))`` with ``min = min_ratio · base``
+    (their code divides by ``epochs``, not ``epochs - warmup``, so the floor is never reached).
+
+    Example:
+
+    >>> schedule = WarmupCosine(0.05, steps_per_epoch=10, epochs=100)
+    >>> [round(float(schedule(s)), 4) for s in (0, 89, 999)]
+    [0.0055, 0.05, 0.0255]
+    """
+
+    def __init__(self, base: float, steps_per_epoch: int, epochs: int, warmup: int = 10, min_ratio: float = 0.5):
+        super().__init__()
+        self.base, self.steps_per_epoch, self.epochs = float(base), max(int(steps_per_epoch), 1), max(int(epochs), 1)
+        self.warmup, self.min_ratio = int(warmup), float(min_ratio)
+
+    def __call__(self, step):
+        e = (ops.cast(step, "float32") + 1.0) / self.steps_per_epoch + 1.0
+        low = self.min_ratio * self.base
+        cosine = low + 0.5 * (self.base - low) * (1.0 + ops.cos((e - self.warmup) * math.pi / self.epochs))
+        return ops.where(e < self.warmup, self.base * e / max(self.warmup, 1), cosine)
+
+    def get_config(self):
+        return {
+            "base": self.base,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs": self.epochs,
+            "warmup": self.warmup,
+            "min_ratio": self.min_ratio,
+        }
+
+
+def lfss_optimizer(lr: float = 0.05, steps_per_epoch: int = 1, epochs: int = 1000) -> keras.optimizers.Optimizer:
+    """SGD with momentum 0.9 and the authors' learning rate (:class:`WarmupCosine`, LFSS §4.1);
+    weight decay is added to the gradients by :class:`LFSSModel` (as PyTorch's SGD does)."""
+    return SGD(WarmupCosine(lr, steps_per_epoch, epochs), momentum=0.9)
 
 
 @keras.saving.register_keras_serializable(package="deepstab")
@@ -74,7 +111,8 @@ class LFSSModel(keras.Model):
         sigma: noise on the online projection before the predictor (σ, Eq. 9).
         delta: share of least stable samples left out of ``L_C`` (δ).
         lam: weight λ of ``L_I + L_C`` (Eq. 10).
-        tau: NT-Xent temperature τ.
+        tau: temperature τ of L_I, L_C and the SimCLR variant (0.5).
+        moco_tau: temperature of the MoCo variant's InfoNCE (MoCo's 0.2).
         momentum: EMA momentum of the target.
         weight_decay: L2 weight decay added to the gradients.
         predictor_lr_scale: learning-rate multiplier of the predictor (10, as the authors).
@@ -108,6 +146,7 @@ class LFSSModel(keras.Model):
         delta: float = 0.1,
         lam: float = 0.1,
         tau: float = 0.5,
+        moco_tau: float = 0.2,
         momentum: float = 0.996,
         weight_decay: float = 5e-4,
         predictor_lr_scale: float = 10.0,
@@ -125,6 +164,7 @@ class LFSSModel(keras.Model):
         checks.in_range("momentum", momentum, 0.0, 1.0)
         checks.non_negative_int("eta", eta)
         checks.positive("tau", tau)
+        checks.positive("moco_tau", moco_tau)
         checks.non_negative("sigma", sigma)
         checks.non_negative("lam", lam)
         checks.non_negative("weight_decay", weight_decay)
@@ -141,6 +181,7 @@ class LFSSModel(keras.Model):
         )
         self.base, self.use_stability, self.eta = base, bool(stability), int(eta)
         self.sigma, self.delta, self.lam, self.tau = float(sigma), float(delta), float(lam), float(tau)
+        self.moco_tau = float(moco_tau)
         self.momentum, self.weight_decay, self.predictor_lr_scale = (
             float(momentum),
             float(weight_decay),
@@ -158,12 +199,17 @@ class LFSSModel(keras.Model):
         self.online = self._encoder("online")
         self.target = self._encoder("target")
         self.predecessor = self._encoder("predecessor")
-        for frozen in (self.target, self.predecessor):
+        # Both run in training mode in a step, as in the authors' code: the target's batch
+        # normalisation keeps its own moving statistics; the predecessor keeps those it was
+        # copied with, which the stability measure uses.
+        for frozen, mode in ((self.target, "track"), (self.predecessor, "batch")):
             frozen.trainable = False
             for layer in frozen._flatten_layers(include_self=False):
                 if isinstance(layer, FusedBatchNormalization):
-                    layer.frozen_batch_statistics = True
-        self.predictor = build_mlp(self.dim, self.hidden, self.dim, name="predictor") if base == "byol" else None
+                    layer.frozen_mode = mode
+        self.predictor = (
+            build_mlp(self.dim, self.hidden, self.dim, name="predictor", init="predictor") if base == "byol" else None
+        )
         if base == "moco":
             self.queue = self.add_weight(
                 shape=(self.queue_size, self.dim), initializer="random_normal", trainable=False, name="queue"
@@ -203,15 +249,19 @@ class LFSSModel(keras.Model):
         """``f_p ← f_t``: done at the end of every epoch (LFSS §3.2)."""
         _copy_weights(self.target, self.predecessor)
 
+    @property
+    def ema_momentum(self) -> float:
+        """The target's EMA momentum: ``momentum``, or 0 for the SimCLR variant, which has no
+        target network (its "target" is then the online network itself, without gradient)."""
+        return 0.0 if self.base == "simclr" else self.momentum
+
     @torch.no_grad()
     def update_target(self) -> None:
-        """EMA: ``θ_t ← m θ_t + (1 - m) θ_o`` for every weight."""
-        m = self.momentum
-        for t, o in zip(self.target.weights, self.online.weights):
-            if t.dtype.startswith("float"):
-                t.value.mul_(m).add_(o.value, alpha=1.0 - m)
-            else:
-                t.assign(o.value)
+        """EMA: ``θ_t ← m θ_t + (1 - m) θ_o`` for every trainable weight of the online network
+        (the authors' code averages parameters; the target's batch normalisation keeps its own
+        moving statistics)."""
+        pairs = [(t.value, o.value) for t, o in zip(self.target.weights, self.online.weights) if o.trainable]
+        torch._foreach_lerp_([t for t, _ in pairs], [o for _, o in pairs], 1.0 - self.ema_momentum)
 
     # ------------------------------------------------------------------- fit
 
@@ -224,14 +274,12 @@ class LFSSModel(keras.Model):
         """Whether ``L_C`` is on (pseudo-labels exist, after the warm-up)."""
         return self.use_stability and self.pseudo_labels is not None
 
-    def compile(self, optimizer=None, lr: float = 0.05, total_steps: int | None = None, **kwargs):
-        """Compile; without ``optimizer``, :meth:`fit` builds SGD with cosine decay over
-        its own number of steps (``lr`` 0.05 at batch 256, LFSS §4.1)."""
+    def compile(self, optimizer=None, lr: float = 0.05, **kwargs):
+        """Compile; without ``optimizer``, :meth:`fit` builds the authors' SGD (:func:`lfss_optimizer`,
+        base ``lr`` 0.05, LFSS §4.1) for its own number of epochs and steps."""
         self._default_lr = float(lr)
-        self._needs_optimizer = optimizer is None and total_steps is None
-        if optimizer is None:
-            optimizer = lfss_optimizer(lr, total_steps or 1)
-        super().compile(optimizer=optimizer, **kwargs)
+        self._needs_optimizer = optimizer is None
+        super().compile(optimizer=optimizer or lfss_optimizer(lr), **kwargs)
 
     def get_compile_config(self):
         return {"lr": getattr(self, "_default_lr", 0.05)}
@@ -255,8 +303,7 @@ class LFSSModel(keras.Model):
         (a :class:`~deepstab.checkpoint.Checkpoint` after it makes the run resumable)."""
         data = indexed_batches(x, self.image_shape, self.n_clusters, batch_size, shuffle, self.seed, "LFSSModel.fit")
         if getattr(self, "_needs_optimizer", False):
-            steps = len(data) * (epochs - kwargs.get("initial_epoch", 0))
-            super().compile(optimizer=lfss_optimizer(self._default_lr, steps))
+            super().compile(optimizer=lfss_optimizer(self._default_lr, len(data), epochs))
             self._needs_optimizer = False
         callbacks = list(callbacks or [])
         if not any(isinstance(c, LFSSEpochEnd) for c in callbacks):
@@ -273,10 +320,10 @@ class LFSSModel(keras.Model):
         if self.base == "simclr":
             return nt_xent(z1, z2, self.tau)
         if self.base == "byol":
-            p1, p2 = self.predictor(self._noisy(z1), training=True), self.predictor(self._noisy(z2), training=True)
-            return byol_loss(p1, t2) + byol_loss(p2, t1)
+            p1, p2 = _both_views(self.predictor, self._noisy(ops.concatenate([z1, z2], axis=0)))
+            return (byol_loss(p1, t2) + byol_loss(p2, t1)) / 2  # the authors average the directions
         queue = self.queue.value.detach()
-        loss = info_nce(z1, t2, queue, self.tau) + info_nce(z2, t1, queue, self.tau)
+        loss = info_nce(z1, t2, queue, self.moco_tau) + info_nce(z2, t1, queue, self.moco_tau)
         self._enqueue(ops.concatenate([t1, t2], axis=0))
         return loss
 
@@ -301,21 +348,24 @@ class LFSSModel(keras.Model):
         return self.online.trainable_weights + (self.predictor.trainable_weights if self.predictor else [])
 
     def train_step(self, data):
-        """One LFSS iteration (Algorithm 1): Eq. 10 on two views, then the EMA update."""
+        """One LFSS iteration (Algorithm 1): Eq. 10 on two views, then the EMA update. Each
+        network takes both views in one call, each view normalised with its own batch statistics
+        (:func:`~deepstab.nn.layers.views`): what one call per view computes."""
         images = ops.convert_to_tensor(images_of(data))
         x1 = self.normalise(self.augment(images, training=True))  # x^o
         x2 = self.normalise(self.augment(images, training=True))  # x^t
-        z1, z2 = self.online(x1, training=True), self.online(x2, training=True)
+        both = ops.concatenate([x1, x2], axis=0)
+        z1, z2 = _both_views(self.online, both)
         t1 = t2 = None
         if self.base != "simclr" or self.cluster_active:
             with torch.no_grad():
-                t1, t2 = self.target(x1, training=True), self.target(x2, training=True)
+                t1, t2 = _both_views(self.target, both)
         l_s = self._base_loss(z1, z2, t1, t2)
         l_i = l_c = ops.zeros(())
         if self.use_stability:
             with torch.no_grad():
-                p1, p2 = self.predecessor(x1, training=True), self.predecessor(x2, training=True)
-            l_i = (nt_xent(z1, p1, self.tau) + nt_xent(z2, p2, self.tau)) / 2  # Eq. 4
+                p1, p2 = _both_views(self.predecessor, both)
+            l_i = (nt_xent_self(z1, p1, self.tau) + nt_xent_self(z2, p2, self.tau)) / 2  # Eq. 4
             if self.cluster_active:  # Eq. 8, after the warm-up
                 index = ops.convert_to_tensor(data[1])
                 labels, keep = self.pseudo_labels[index], self.keep[index]
@@ -353,29 +403,33 @@ class LFSSModel(keras.Model):
         """Hard labels of ``x`` (:meth:`predict_labels`) and no confidence: k-means gives none."""
         return self.predict_labels(x), None
 
-    def predict_labels(self, x, seed: int | None = 0, embeddings: np.ndarray | None = None) -> np.ndarray:
-        """k-means (K = ``n_clusters``) on the target embeddings of ``x``."""
+    def predict_labels(self, x, seed: int = 0, embeddings: np.ndarray | None = None) -> np.ndarray:
+        """Cosine k-means (K = ``n_clusters``, 10 restarts) on the unit-normalised target
+        embeddings of ``x``, as the authors' evaluation."""
         z = self.embed(x) if embeddings is None else embeddings
-        return kmeans(_unit(z), self.n_clusters, n_init=10, seed=seed)[1]
+        return cosine_kmeans(_unit(z), self.n_clusters, seed=seed)
 
     def evaluate_clustering(self, x, y, runs: int = 10, embeddings: np.ndarray | None = None) -> dict[str, float]:
         """ACC/NMI/ARI of k-means on the target embeddings, mean and std over ``runs`` seeds
-        (the paper averages 10 k-means runs). Only labelled samples are clustered and scored
+        (the paper averages 10 k-means runs; the authors' seeds). Only labelled samples are clustered and scored
         (label ``-1`` marks unlabelled ones, as STL-10's extra split)."""
         z = self.embed(x) if embeddings is None else embeddings
         labelled = np.asarray(y) >= 0
         z, y = z[labelled], np.asarray(y)[labelled]
-        scores = [evaluate(y, self.predict_labels(None, seed=s, embeddings=z)) for s in range(runs)]
+        seeds = list(EVALUATION_SEEDS[:runs]) + list(range(runs - len(EVALUATION_SEEDS)))
+        scores = [evaluate(y, self.predict_labels(None, seed=s, embeddings=z)) for s in seeds]
         out = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
         out.update({f"{k}_std": float(np.std([s[k] for s in scores])) for k in scores[0]})
         return out
 
-    def refresh_pseudo_labels(self, x, seed: int | None = 0) -> np.ndarray:
-        """LFSS Eqs. 5-7 bookkeeping: stability ``cos(f_t(x), f_p(x))`` of every sample, k-means
-        labels on ``f_t``, and the keep mask without the ``delta`` least stable. Returns the stability."""
+    def refresh_pseudo_labels(self, x) -> np.ndarray:
+        """LFSS Eqs. 5-7 bookkeeping: stability ``cos(f_t(x), f_p(x))`` of every sample, the
+        pseudo-labels (cosine k-means on the raw target embeddings, 10 restarts from seed 0, as
+        the authors' code every epoch), and the keep mask without the ``delta`` least stable.
+        Returns the stability."""
         z_t = self.embed(x)
         stability = cosine_stability(z_t, self.predecessor_embed(x))
-        labels = self.predict_labels(x, seed=seed, embeddings=z_t)
+        labels = cosine_kmeans(z_t, self.n_clusters, seed=0)
         n_drop = int(math.floor(self.delta * len(x)))
         keep = np.ones(len(x), bool)
         keep[np.argsort(stability, kind="stable")[:n_drop]] = False
@@ -414,6 +468,7 @@ class LFSSModel(keras.Model):
             "delta": self.delta,
             "lam": self.lam,
             "tau": self.tau,
+            "moco_tau": self.moco_tau,
             "momentum": self.momentum,
             "weight_decay": self.weight_decay,
             "predictor_lr_scale": self.predictor_lr_scale,
@@ -422,6 +477,15 @@ class LFSSModel(keras.Model):
             "queue_size": self.queue_size,
             "seed": self.seed,
         }
+
+
+def _both_views(network: keras.Model, stacked):
+    """``network`` on two stacked views in training mode, each with its own batch statistics;
+    returns its output on each view."""
+    with views(2):
+        out = network(stacked, training=True)
+    n = ops.shape(out)[0] // 2
+    return out[:n], out[n:]
 
 
 def _copy_weights(source: keras.Model, destination: keras.Model) -> None:

@@ -19,7 +19,7 @@ class LFSSEpochEnd(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         model = self.model
         if model.use_stability and epoch + 1 >= model.eta:
-            stability = model.refresh_pseudo_labels(self.x, seed=epoch)
+            stability = model.refresh_pseudo_labels(self.x)
             if logs is not None:
                 logs["mean_stability"] = float(np.mean(stability))
         model.copy_target_to_predecessor()

@@ -103,15 +103,27 @@ def nt_xent(a, b, tau: float = 0.5, valid=None):
     return ops.sum(losses * weight) / ops.maximum(total, like(1.0, total))
 
 
+def nt_xent_self(online, predecessor, tau: float = 0.5):
+    """LFSS L_I for one view (Eq. 4, the authors' ``nt_xent_self``): the online rows are the only
+    anchors; the positive of ``online_i`` is ``predecessor_i``, its negatives the predecessor's
+    rows of the other samples, and the positive is left out of the denominator:
+    ``mean_i [-s_ii / τ + log Σ_{j≠i} exp(s_ij / τ)]`` with ``s_ij = cos(online_i, predecessor_j)``."""
+    a, b = _normalize(online), _normalize(predecessor)
+    logits = ops.matmul(a, ops.transpose(b)) / tau
+    others = ops.where(ops.eye(ops.shape(a)[0], dtype="bool"), like(-1e9, logits), logits)
+    return ops.mean(ops.logsumexp(others, axis=1) - ops.diagonal(logits))
+
+
 def cluster_centres(z, labels, keep, n_clusters: int):
-    """LFSS Eqs. 5-6: the L2-normalised mean of the kept rows of ``z`` in each cluster.
+    """LFSS Eqs. 5-7: the L2-normalised mean of the kept raw rows of ``z`` in each cluster (the
+    authors' ``forward_prt_loss``; Eq. 7 sums them, which has the same direction).
 
     Returns ``(centres (K, d), present (K,) bool)``; clusters with no kept row in the
     batch are absent and their centre is zero.
     """
     onehot = ops.one_hot(labels, n_clusters, dtype=z.dtype) * ops.expand_dims(ops.cast(keep, z.dtype), 1)
     counts = ops.sum(onehot, axis=0)
-    sums = ops.matmul(ops.transpose(onehot), _normalize(z))
+    sums = ops.matmul(ops.transpose(onehot), z)
     return _normalize(sums / ops.maximum(ops.expand_dims(counts, 1), like(1.0, counts))), counts > 0
 
 

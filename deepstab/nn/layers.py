@@ -73,10 +73,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     PyTorch does (Keras uses the biased one; the two differ by a factor
     ``n / (n - 1)`` of the batch's element count per channel).
 
-    Set ``frozen_batch_statistics = True`` on a frozen layer (``trainable=False``)
-    to normalise with the batch's statistics when called with ``training=True``,
-    leaving the moving ones untouched (BYOL's target network in LFSS); a frozen
-    layer otherwise runs in inference mode, as Keras's.
+    ``frozen_mode`` says what a frozen layer (``trainable=False``) does when called with
+    ``training=True``: ``"inference"`` (Keras's: the moving statistics), ``"batch"`` (the
+    batch's statistics, the moving ones untouched: LFSS's predecessor) or ``"track"`` (the batch's
+    statistics, and the moving ones updated, as a PyTorch module in training mode whose weights
+    get no gradient: LFSS's EMA target).
 
     Inside ``with views(V):`` a training-mode batch is taken as ``V`` views stacked one after
     the other (rows ``[v N, (v + 1) N)`` are view ``v``): each view is normalised with its own
@@ -84,7 +85,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     call of a network over the stacked views then computes what ``V`` calls would.
     """
 
-    frozen_batch_statistics = False
+    frozen_mode = "inference"
 
     def __init__(self, axis: int = 1, **kwargs):
         if axis != 1:
@@ -95,22 +96,14 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         if mask is not None:
             return super().call(inputs, training=training, mask=mask)
         gamma, beta = self.gamma.value if self.scale else None, self.beta.value if self.center else None
-        batch_statistics = training and not self.trainable and self.frozen_batch_statistics
+        mode = ("track" if self.trainable else self.frozen_mode) if training else "inference"
         n_views = _VIEWS.get()
-        if n_views > 1 and (batch_statistics or (training and self.trainable)):
-            return self._per_view(inputs, n_views, gamma, beta, update=not batch_statistics)
-        if batch_statistics:
+        if n_views > 1 and mode != "inference":
+            return self._per_view(inputs, n_views, gamma, beta, update=mode == "track")
+        if mode == "batch":
             return F.batch_norm(inputs, None, None, gamma, beta, training=True, eps=self.epsilon)
-        return F.batch_norm(
-            inputs,
-            self.moving_mean.value,
-            self.moving_variance.value,
-            self.gamma.value if self.scale else None,
-            self.beta.value if self.center else None,
-            training=bool(training) and self.trainable,
-            momentum=1.0 - self.momentum,
-            eps=self.epsilon,
-        )
+        mean, variance = self.moving_mean.value, self.moving_variance.value
+        return F.batch_norm(inputs, mean, variance, gamma, beta, mode == "track", 1.0 - self.momentum, self.epsilon)
 
     def _per_view(self, inputs, n_views: int, gamma, beta, update: bool):
         """Batch normalisation of each of ``n_views`` stacked views with its own statistics, the

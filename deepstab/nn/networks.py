@@ -78,11 +78,39 @@ RESNETS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 
 CIFAR_STEM_MAX_SIDE = 32
 
 
-def _conv_bn(h, filters: int, kernel: int, stride: int = 1, relu: bool = True, name: str = ""):
+# torchvision's ResNet: convolutions drawn from kaiming_normal_(mode="fan_out"), batch
+# normalisation with PyTorch's defaults (running averages updated at 0.1, eps 1e-5).
+KAIMING_FAN_OUT = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"},
+}
+TORCH_DEFAULT = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 1.0 / 3.0, "mode": "fan_in", "distribution": "uniform"},
+}
+
+
+def _torch_batch_norm(name: str | None = None) -> FusedBatchNormalization:
+    return FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+
+
+def _conv_bn(h, filters: int, kernel: int, stride: int = 1, relu: bool = True, name: str = "", init=KAIMING_FAN_OUT):
+    """Conv (no bias) - BN [- ReLU], padded as PyTorch pads: ``kernel // 2`` on every side (Keras's
+    'same' puts the odd pixel of a strided convolution on one side only)."""
+    if stride > 1 and kernel > 1:
+        h = layers.ZeroPadding2D(kernel // 2, data_format=CF)(h)
+    padding = "valid" if stride > 1 or kernel == 1 else "same"
     h = layers.Conv2D(
-        filters, kernel, strides=stride, padding="same", use_bias=False, data_format=CF, name=f"{name}conv"
+        filters,
+        kernel,
+        strides=stride,
+        padding=padding,
+        use_bias=False,
+        kernel_initializer=keras.initializers.get(init),
+        data_format=CF,
+        name=f"{name}conv",
     )(h)
-    h = FusedBatchNormalization(name=f"{name}bn")(h)
+    h = _torch_batch_norm(name=f"{name}bn")(h)
     return layers.ReLU()(h) if relu else h
 
 
@@ -109,12 +137,13 @@ def build_resnet(
     cifar_stem: bool | None = None,
     name: str = "resnet",
 ) -> keras.Model:
-    """ResNet-18, -34 or -50 mapping NHWC images to globally pooled features.
+    """ResNet-18, -34 or -50 mapping NHWC images to globally pooled features, as torchvision
+    builds it (v1.5 blocks, its initialisation and padding, PyTorch's batch normalisation).
 
-    ``cifar_stem`` (3x3 first conv, stride 1, no max-pool) is chosen automatically
-    for images of at most 32x32 and the ImageNet stem (7x7 stride 2, max-pool)
-    otherwise. ``width`` scales every stage's channels (64, 128, 256, 512 at 1.0),
-    so that tests and CPU runs can use a small network.
+    ``cifar_stem`` (3x3 first conv, stride 1, no max-pool; drawn as a fresh ``nn.Conv2d``, as
+    the LFSS authors replace torchvision's) is chosen automatically for images of at most 32x32
+    and the ImageNet stem (7x7 stride 2, max-pool) otherwise. ``width`` scales every stage's
+    channels (64, 128, 256, 512 at 1.0), so that tests and CPU runs can use a small network.
 
     Example:
 
@@ -133,10 +162,11 @@ def build_resnet(
     inputs = keras.Input(shape=(height, side_w, channels), name="image")
     h = layers.Permute((3, 1, 2))(inputs)
     if cifar_stem:
-        h = _conv_bn(h, stage_filters[0], 3, name="stem_")
+        h = _conv_bn(h, stage_filters[0], 3, name="stem_", init=TORCH_DEFAULT)
     else:
         h = _conv_bn(h, stage_filters[0], 7, 2, name="stem_")
-        h = layers.MaxPooling2D(3, strides=2, padding="same", data_format=CF)(h)
+        h = layers.ZeroPadding2D(1, data_format=CF)(h)  # zeros pool as -inf would: the input is >= 0
+        h = layers.MaxPooling2D(3, strides=2, padding="valid", data_format=CF)(h)
     for stage, (n_blocks, filters) in enumerate(zip(blocks, stage_filters)):
         for block in range(n_blocks):
             stride = 2 if stage > 0 and block == 0 else 1
@@ -145,18 +175,28 @@ def build_resnet(
     return keras.Model(inputs, features, name=name)
 
 
-def build_mlp(input_dim: int, hidden: int = 4096, output_dim: int = 256, name: str = "mlp") -> keras.Model:
-    """BYOL's projector / predictor: Dense(hidden)-BN-ReLU-Dense(output_dim).
+def build_mlp(
+    input_dim: int, hidden: int = 4096, output_dim: int = 256, name: str = "mlp", init: str = "torch"
+) -> keras.Model:
+    """BYOL's projector / predictor: Dense(hidden)-BN-ReLU-Dense(output_dim), with PyTorch's batch
+    normalisation. ``init="torch"``: ``nn.Linear``'s draws; ``"predictor"``: weights from
+    N(0, 0.01^2) and zero biases, as the LFSS authors' predictor.
 
     Example:
 
     >>> build_mlp(64, hidden=32, output_dim=16).output_shape
     (None, 16)
     """
+    checks.choice("init", init, ("torch", "predictor"))
+
+    def dense(units: int, fan_in: int):
+        if init == "predictor":
+            return layers.Dense(units, kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01))
+        return _dense(units, fan_in, "torch")
+
     inputs = keras.Input(shape=(int(input_dim),))
-    h = layers.Dense(hidden, use_bias=False)(inputs)
-    h = layers.ReLU()(FusedBatchNormalization()(h))
-    return keras.Model(inputs, layers.Dense(output_dim)(h), name=name)
+    h = layers.ReLU()(_torch_batch_norm()(dense(hidden, int(input_dim))(inputs)))
+    return keras.Model(inputs, dense(output_dim, hidden)(h), name=name)
 
 
 DENSE_HIDDEN = (1024, 512, 256)

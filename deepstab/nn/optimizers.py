@@ -1,5 +1,5 @@
-"""Adam with PyTorch's update arithmetic in place, for the steps whose speed is compared with
-plain PyTorch.
+"""Adam and SGD with PyTorch's update arithmetic, in place, for the steps whose speed (and, for
+SGD under a schedule, whose numbers) are compared with plain PyTorch.
 
 Keras's Adam on the torch backend computes the same update with five temporary tensor lists per
 step; on a network of a few million weights that memory traffic is a measurable share of a CPU
@@ -48,3 +48,29 @@ class Adam(keras.optimizers.Adam):
         torch._foreach_add_(denominator, self.epsilon)
         torch._foreach_div_(denominator, alpha)
         torch._foreach_addcdiv_(params, m, denominator, value=-1.0)
+
+
+@keras.saving.register_keras_serializable(package="deepstab")
+class SGD(keras.optimizers.SGD):
+    """``keras.optimizers.SGD`` with PyTorch's momentum: ``b ← μ b + g``, ``θ ← θ - lr b``, in place
+    and with the learning rate kept on the device. Keras's SGD keeps ``v ← μ v - lr g`` instead,
+    which differs whenever the learning rate changes between steps (every step, under a
+    schedule). Same arguments, state and saved form as Keras's (``nesterov`` excluded)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.nesterov:
+            raise ValueError("deepstab's SGD has no Nesterov momentum; use keras.optimizers.SGD.")
+
+    @torch.no_grad()
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        params = [v.value for v in trainable_variables]
+        lr = learning_rate.value if hasattr(learning_rate, "value") else torch.as_tensor(learning_rate)
+        lr = lr.to(params[0].dtype)
+        if not self.momentum:
+            torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
+            return
+        buffers = [self.momentums[self._get_variable_index(v)].value for v in trainable_variables]
+        torch._foreach_mul_(buffers, self.momentum)
+        torch._foreach_add_(buffers, grads)
+        torch._foreach_sub_(params, torch._foreach_mul(buffers, lr))

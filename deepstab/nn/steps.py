@@ -45,17 +45,15 @@ def chain_call(model: keras.Model, x, training: bool = False):
     name scopes) costs about 0.1 ms per layer on the torch backend, a tenth of a small network's
     training step on a CPU; a chain of float32 layers needs none of it. Models that are not a
     single chain are called as usual."""
-    chain = _chains.get(id(model))
-    if chain is None:
-        chain = _chains[id(model)] = _as_chain(model)
+    chain = model.__dict__.get("_deepstab_chain")
+    if chain is None:  # kept on the model itself, outside Keras's attribute tracking
+        chain = _as_chain(model)
+        object.__setattr__(model, "_deepstab_chain", chain)
     if not chain:
         return model(x, training=training)
     for layer, takes_training in chain:
         x = layer.call(x, training=training) if takes_training else layer.call(x)
     return x
-
-
-_chains: dict[int, list] = {}
 
 
 def _as_chain(model: keras.Model) -> list:

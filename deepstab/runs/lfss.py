@@ -63,11 +63,18 @@ PAPER_ETA_SIGMA = {
     "imagenet-dogs": (500, 0.001),
     "tiny-imagenet": (200, 0.001),
 }
-# Per-dataset normalisation (channel means and stds of the training images).
+# Per-dataset normalisation, the authors' constants (their util.normalize): CIFAR's own, and
+# ImageNet's for the other registered sets; other data gets its own channel statistics.
+CIFAR10 = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 NORMALISATION = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar10-jpg": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar20": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cifar10": CIFAR10,
+    "cifar10-jpg": CIFAR10,
+    "cifar20": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "stl10": IMAGENET,
+    "imagenet10": IMAGENET,
+    "imagenet-dogs": IMAGENET,
+    "tiny-imagenet": IMAGENET,
 }
 
 
@@ -93,8 +100,8 @@ class LFSSRun(RunSettings):
     batch_size: int | None = setting(None, f"Batch size. {FROM_PRESET}", check=checks.positive_int)
     lr: float = setting(
         0.05,
-        "SGD learning rate at batch 256 (scaled linearly with the batch size), cosine decay per iteration; "
-        "10x for the predictor.",
+        "Base SGD learning rate: a 10-epoch warm-up, then cosine decay per iteration towards half of it "
+        "(the LFSS authors' schedule); 10x for the predictor.",
         check=checks.positive,
     )
     eta: int | None = setting(
@@ -239,14 +246,14 @@ def _train(run: LFSSRun, x, y, callbacks: list | None, model: LFSSModel | None) 
         raise DeepstabError(f"LFSS needs images (N, H, W, 1 or 3); {run.dataset!r} has shape {x.shape}.")
     k = choose_n_clusters(run, y, len(x))
     batch_size = min(run.batch_size, len(x))
-    batches = IndexedImages(x, batch_size, seed=run.seed)
+    batches = IndexedImages(x, batch_size, seed=run.seed, drop_last=False)  # the authors train on the rest too
     if model is None:
         model = build_model(run, x, k)
     elif model.image_shape != tuple(x.shape[1:]):
         raise DeepstabError(
             f"The model takes images of shape {model.image_shape}, but {run.dataset!r} has {tuple(x.shape[1:])}."
         )
-    model.compile(optimizer=lfss_optimizer(run.lr * batch_size / 256, len(batches) * run.epochs))
+    model.compile(optimizer=lfss_optimizer(run.lr, len(batches), run.epochs))
     checkpoint = Checkpoint(checkpoint_folder(run.model_path), run.training_settings(), every=run.checkpoint_every)
     if checkpoint.exists and not run.resume:
         raise DeepstabError(
