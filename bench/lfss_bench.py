@@ -9,20 +9,28 @@ peak resident memory printed is its own. The Keras side is timed through ``model
 time from the start of one batch to the start of the next, median over the timed batches.
 
     python bench/lfss_bench.py                      # batch 64, full-width ResNet-18
-    python bench/lfss_bench.py --width 0.25 --steps 8
+    python bench/lfss_bench.py --width 0.25 --steps 16
+    python bench/lfss_bench.py --malloc tuned       # both sides with large blocks kept on the heap
+    python bench/lfss_bench.py --malloc deepstab    # the same set by deepstab.allocator, as the CLI does
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import itertools
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("KERAS_BACKEND", "torch")  # deepstab runs Keras on the torch backend
+# glibc returns freed blocks over 128 KiB to the system and maps new ones, so every large
+# activation costs page faults; these keep them on the heap (what jemalloc or tcmalloc do).
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
 
 def keras_side(args) -> list[float]:
@@ -81,9 +89,24 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=4, help="timed steps after one warm-up step")
+    parser.add_argument("--repeats", type=int, default=3, help="processes per side, alternating; medians reported")
+    parser.add_argument(
+        "--malloc",
+        choices=["default", "tuned", "deepstab"],
+        default="default",
+        help="glibc's allocator as it comes, tuned for both sides by environment "
+        f"({' '.join(f'{k}={v}' for k, v in TUNED_MALLOC.items())}: large tensors stay on the heap), "
+        "or both sides calling deepstab.allocator.keep_large_blocks() at start, as the command line does",
+    )
     parser.add_argument("--side", choices=["keras", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
+        if args.malloc == "deepstab":  # the module alone: the PyTorch side does not import Keras
+            path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deepstab", "allocator.py")
+            spec = importlib.util.spec_from_file_location("allocator", path)
+            allocator = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(allocator)
+            assert allocator.keep_large_blocks()
         times = (keras_side if args.side == "keras" else torch_side)(args)
         times.sort()
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -93,8 +116,9 @@ def main() -> None:
     import torch
     from device import device_name
 
-    results = {}
-    for side in ("keras", "torch"):
+    env = {**os.environ, **(TUNED_MALLOC if args.malloc == "tuned" else {})}
+    runs: dict[str, list[dict]] = {"keras": [], "torch": []}
+    for _, side in itertools.product(range(args.repeats), ("keras", "torch")):
         command = [
             sys.executable,
             __file__,
@@ -106,18 +130,22 @@ def main() -> None:
             str(args.width),
             "--steps",
             str(args.steps),
+            "--malloc",
+            args.malloc,
         ]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        results[side] = json.loads(output.strip().splitlines()[-1])
+        output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+        runs[side].append(json.loads(output.strip().splitlines()[-1]))
     print(
         f"LFSS train step, ResNet-18 x{args.width:g} (CIFAR stem), 32x32x3, batch {args.batch}, "
-        f"median of {args.steps} steps, "
+        f"median of {args.steps} steps in each of {args.repeats} processes per side, malloc {args.malloc}, "
         f"on {device_name()}, torch threads {torch.get_num_threads()}, torch {torch.__version__}"
     )
-    print(f"{'side':<8}{'images/s':>10}{'peak RSS MiB':>14}")
-    for side, r in results.items():
-        print(f"{side:<8}{r['rate']:>10.1f}{r['peak_mib']:>14.0f}")
-    print(f"ratio keras/torch: {results['keras']['rate'] / results['torch']['rate']:.2f}")
+    print(f"{'side':<8}{'images/s':>10}{'peak RSS MiB':>14}  per process")
+    rates = {side: statistics.median(r["rate"] for r in rs) for side, rs in runs.items()}
+    for side, rs in runs.items():
+        each = ", ".join(f"{r['rate']:.1f}" for r in rs)
+        print(f"{side:<8}{rates[side]:>10.1f}{max(r['peak_mib'] for r in rs):>14.0f}  {each}")
+    print(f"ratio keras/torch: {rates['keras'] / rates['torch']:.2f}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import warnings
 import click
 
 import deepstab
-from deepstab import datasets
+from deepstab import allocator, datasets, distributed
 from deepstab.errors import DeepstabError, DeepstabNote
 from deepstab.runs.centroid import CentroidRun, run_centroid
 from deepstab.runs.centroid import summary as centroid_summary
@@ -64,6 +64,7 @@ def show_notes(verbose: bool) -> None:
 def cli(verbose):
     """deepstab: deep clustering of images driven by sample stability."""
     show_notes(verbose)
+    allocator.keep_large_blocks()  # large activations stay on the heap (deepstab/allocator.py)
 
 
 @cli.command()
@@ -81,7 +82,10 @@ def decs(**options):
 def lfss(**options):
     """Train LFSS (ICML 2025) on a dataset, cluster its target embeddings with k-means, evaluate, save."""
     run = LFSSRun(**options)
-    click.echo(lfss_summary(run, run_lfss(run)))
+    result = run_lfss(run)
+    if distributed.is_main():  # under torchrun, rank 0 speaks for all
+        click.echo(lfss_summary(run, result))
+    distributed.teardown()
 
 
 @cli.command()
@@ -109,6 +113,9 @@ def predict(model_path, dataset, data_dir, output):
 def stability(**options):
     """Train while tracking each sample's stability between epochs; report which samples are atypical."""
     report = run_stability(StabilityRun(**options))
+    distributed.teardown()
+    if not report:  # under torchrun, rank 0 reports
+        return
     rec = report["recurrence"]
     click.echo(f"Least stable {rec['share']:.0%} at c of the epochs {rec['epochs']} (observed / random):")
     click.echo("  " + "  ".join(f"{r['times']}: {r['observed']} / {r['random']:.1f}" for r in rec["rows"]))

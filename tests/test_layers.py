@@ -71,20 +71,49 @@ def test_frozen_batch_norm_can_use_batch_statistics_without_updating_them():
     np.testing.assert_allclose(ops.convert_to_numpy(layer.moving_mean), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_chain_call_matches_keras_call_for_every_new_model():
-    """Models come and go (one per run, per test); each one's chain is its own and goes with it,
-    so a new model at a collected one's address can never borrow its chain."""
+def _residual_model(width: int, seed: int) -> keras.Model:
+    """A functional model with a branch, a merge, batch normalisation and a nested model."""
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(width, kernel_initializer=keras.initializers.GlorotUniform(seed))(inputs)
+    branch = FusedBatchNormalization()(keras.layers.Dense(width)(h))
+    h = keras.layers.ReLU()(keras.layers.Add()([h, branch]))
+    head_in = keras.Input((width,))
+    head = keras.Model(head_in, keras.layers.Dense(3 + width)(head_in))
+    return keras.Model(inputs, head(h))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_graph_call_computes_what_keras_call_computes(training):
+    from deepstab.nn.steps import _plan, graph_call
+
+    x = np.random.default_rng(0).random((5, 6), dtype=np.float32)
+    keras_side, fast_side = _residual_model(4, 0), _residual_model(4, 0)
+    fast_side.set_weights(keras_side.get_weights())
+    assert _plan(fast_side) is not None, "the fast path must cover branches, merges and nested models"
+    expected = ops.convert_to_numpy(keras_side(x, training=training))
+    got = ops.convert_to_numpy(graph_call(fast_side, x, training=training))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    for a, b in zip(keras_side.weights, fast_side.weights):  # moving statistics updated alike
+        np.testing.assert_allclose(ops.convert_to_numpy(b), ops.convert_to_numpy(a), rtol=1e-6)
+    moved = not np.allclose(ops.convert_to_numpy(fast_side.layers[3].moving_mean), 0.0)
+    assert moved == training
+    assert _plan(keras.Sequential([keras.layers.Dense(2)])) is None  # not functional: called as usual
+
+
+def test_graph_call_plans_belong_to_their_models():
+    """Models come and go (one per run, per test); each one's plan is its own and goes with it,
+    so a new model at a collected one's address can never borrow its plan."""
     import gc
     import weakref
 
-    from deepstab.nn.steps import chain_call
+    from deepstab.nn.steps import graph_call
 
     x = np.random.default_rng(0).random((5, 6), dtype=np.float32)
-    for i in range(8):  # every model differs in shape, so a borrowed chain cannot pass
-        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2 + i), keras.layers.Dense(3 + i)])
-        got = keras.ops.convert_to_numpy(chain_call(model, x))
-        np.testing.assert_allclose(got, keras.ops.convert_to_numpy(model(x)), rtol=1e-6)
-        layer = weakref.ref(model.layers[0])
+    for i in range(8):  # every model differs in shape, so a borrowed plan cannot pass
+        model = _residual_model(2 + i, i)
+        got = ops.convert_to_numpy(graph_call(model, x))
+        np.testing.assert_allclose(got, ops.convert_to_numpy(model(x)), rtol=1e-6)
+        layer = weakref.ref(model.layers[1])
         del model
         gc.collect()
-        assert layer() is None, "chain_call keeps a collected model's layers alive"
+        assert layer() is None, "graph_call keeps a collected model's layers alive"

@@ -147,17 +147,22 @@ def test_networks_are_initialised_and_padded_as_pytorch():
     import torch
 
     net = build_resnet((32, 32, 3), 18, width=0.25)
-    conv = net.get_layer("s2b1_a_conv")  # 3x3, stride 2
-    fan_out = 3 * 3 * conv.kernel.shape[-1]
+    conv = net.get_layer("s2b1_a_conv")  # 3x3, stride 2, kernel (out, in, kh, kw) as PyTorch's
+    fan_out = 3 * 3 * conv.kernel.shape[0]
     assert np_(conv.kernel).std() == pytest.approx(math.sqrt(2 / fan_out), rel=0.1)  # kaiming_normal_ fan_out
+    stem = net.get_layer("stem_conv")  # a fresh nn.Conv2d: kaiming_uniform_(a=sqrt(5)), bound 1/sqrt(fan_in)
+    assert np.abs(np_(stem.kernel)).max() <= 1 / math.sqrt(3 * 3 * 3) < 1.05 * np.abs(np_(stem.kernel)).max()
     bn = net.get_layer("s2b1_a_bn")
     assert (bn.momentum, bn.epsilon) == (0.9, 1e-5)
     x = np.random.default_rng(0).random((2, 16, 8, 8)).astype("float32")  # NCHW, the layer's layout
-    pad = conv._inbound_nodes[0].parent_nodes[0].operation  # the ZeroPadding2D before the conv
-    ours = np_(conv(pad(x)))
-    kernel = torch.from_numpy(np_(conv.kernel)).permute(3, 2, 0, 1)  # (out, in, kh, kw)
-    theirs = torch.nn.functional.conv2d(torch.from_numpy(x), kernel, stride=2, padding=1).numpy()
+    ours = np_(conv(x))
+    theirs = torch.nn.Conv2d(16, conv.filters, 3, 2, 1, bias=False)
+    theirs.weight.data = torch.from_numpy(np_(conv.kernel))
+    theirs = theirs(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)  # PyTorch's symmetric padding
+    assert conv.kernel.value.is_contiguous()  # a strided kernel would be copied on every call
+    conv.kernel.assign(np_(conv.kernel) * 0.5)  # what loading saved weights does
+    assert conv.kernel.value.is_contiguous()
     model = LFSSModel((16, 16, 3), 2, **TINY)
     first, last = (layer for layer in model.predictor.layers if isinstance(layer, keras.layers.Dense))
     assert np_(first.kernel).std() == pytest.approx(0.01, rel=0.2) and not np_(last.bias).any()
@@ -383,8 +388,10 @@ def test_sgd_has_pytorchs_momentum_under_a_changing_learning_rate():
     np.testing.assert_allclose(np_(ours), theirs.detach().numpy(), rtol=1e-6)
 
 
-def test_both_views_in_one_call_compute_what_two_calls_compute(images):
-    from deepstab.methods.lfss import _both_views
+def test_the_step_calls_compute_what_keras_calls_compute(images):
+    """The step runs each network through graph_call: the same outputs and moving statistics as
+    Keras calls, for the online network, the EMA target ("track") and the predecessor ("batch")."""
+    from deepstab.methods.lfss import _per_view
 
     model = LFSSModel((16, 16, 3), 2, **TINY)
     twin = LFSSModel((16, 16, 3), 2, **TINY)
@@ -396,7 +403,7 @@ def test_both_views_in_one_call_compute_what_two_calls_compute(images):
         (model.predecessor, twin.predecessor),
     ):
         separate = [np_(network(x, training=True)) for x in (x1, x2)]
-        joint = [np_(z) for z in _both_views(other, np.concatenate([x1, x2]))]
+        joint = [np_(z) for z in _per_view(other, x1, x2)]
         for a, b in zip(separate, joint):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for a, b in zip(model.weights, twin.weights):  # the moving statistics too (online and target track them)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from deepstab import distributed
 from deepstab.datasets.store import to_unit_float
 from deepstab.errors import DeepstabError
 
@@ -16,7 +17,14 @@ class IndexedImages(keras.utils.PyDataset):
     ``train_step`` can look up each sample's pseudo-label and stability. ``x`` may be float in
     [0, 1] or uint8, in memory or memory-mapped from disk (``datasets.load(..., stream=True)``):
     only the batch is read and converted to float32. With ``drop_last=False`` the last, smaller
-    batch is kept too (unless it would hold a single image)."""
+    batch is kept too (unless it would give a process fewer than two images).
+
+    The order of epoch ``e`` is a function of ``(seed, e)`` alone (:attr:`epoch` counts the
+    epochs; set it to resume), so a resumed run reads the batches an uninterrupted one reads.
+    Under :mod:`deepstab.distributed` with N processes, a step reads a global batch of
+    ``N * batch_size`` images, the same permutation on every rank, and each rank its own
+    contiguous slice of it (:func:`~deepstab.distributed.shard`).
+    """
 
     def __init__(
         self,
@@ -29,21 +37,37 @@ class IndexedImages(keras.utils.PyDataset):
     ):
         super().__init__(**kwargs)
         self.x, self.batch_size, self.shuffle, self.drop_last = x, int(batch_size), shuffle, bool(drop_last)
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(x)) if shuffle else np.arange(len(x))
+        self.seed = int(distributed.broadcast_object(np.random.SeedSequence().entropy if seed is None else seed))
+        self.world = distributed.world_size()
+        self.epoch = 0
+        self._order: tuple[int, np.ndarray] | None = None
+
+    @property
+    def global_batch(self) -> int:
+        """Images per step over all processes."""
+        return self.batch_size * self.world
 
     def __len__(self) -> int:
-        if not self.drop_last and len(self.x) % self.batch_size != 1:  # a batch of one cannot be normalised
-            return -(-len(self.x) // self.batch_size)
-        return len(self.x) // self.batch_size if len(self.x) >= self.batch_size else 1  # full batches only
+        n, g = len(self.x), self.global_batch
+        if not self.drop_last and n % g >= 2 * self.world:  # a batch of one cannot be normalised
+            return -(-n // g)
+        return max(n // g, 1)  # full batches only
+
+    @property
+    def order(self) -> np.ndarray:
+        """This epoch's order of the samples (the same on every rank)."""
+        if self._order is None or self._order[0] != self.epoch:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            self._order = (self.epoch, rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x)))
+        return self._order[1]
 
     def __getitem__(self, i):
-        index = np.sort(self.order[i * self.batch_size : (i + 1) * self.batch_size])
+        batch = self.order[i * self.global_batch : (i + 1) * self.global_batch]
+        index = np.sort(batch[distributed.shard(len(batch))])
         return to_unit_float(self.x[index]), index
 
     def on_epoch_end(self):
-        if self.shuffle:
-            self.order = self.rng.permutation(len(self.x))
+        self.epoch += 1
 
 
 def indexed_batches(

@@ -21,7 +21,7 @@ from deepstab import checks
 from deepstab.nn.augment import RandomAffine, RandomShiftRotation
 from deepstab.nn.layers import Resize
 from deepstab.nn.networks import DEFAULT_FILTERS, DENSE_HIDDEN, INITS, build_conv_autoencoder, build_dense_autoencoder
-from deepstab.nn.steps import apply_gradients, chain_call, clip_by_global_norm, images_of
+from deepstab.nn.steps import apply_gradients, clip_by_global_norm, graph_call, images_of
 
 
 class AugmentedAutoencoder(keras.Model):
@@ -86,12 +86,12 @@ class AugmentedAutoencoder(keras.Model):
         return ops.mean(ops.square(self.decode(z, training=True) - self.reconstruction_target(x)))
 
     def embed_inputs(self, x, training: bool = False):
-        """``core(x)``, for the training steps (see :func:`~deepstab.nn.steps.chain_call`)."""
-        return chain_call(self.core, x, training)
+        """``core(x)``, for the training steps (see :func:`~deepstab.nn.steps.graph_call`)."""
+        return graph_call(self.core, x, training)
 
     def decode(self, z, training: bool = False):
-        """``decoder(z)``, for the training steps (see :func:`~deepstab.nn.steps.chain_call`)."""
-        return chain_call(self.decoder, z, training)
+        """``decoder(z)``, for the training steps (see :func:`~deepstab.nn.steps.graph_call`)."""
+        return graph_call(self.decoder, z, training)
 
     def clip(self, grads: list, variables: list) -> list:
         """``grads`` of ``variables``, those of the autoencoder's weights clipped in place to a

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
+from deepstab import distributed
 from deepstab.errors import DeepstabError
 
 
@@ -35,7 +36,13 @@ def kmeans(z: np.ndarray, n_clusters: int, n_init: int = 20, seed: int | None = 
 
 
 def cosine_kmeans(
-    z, n_clusters: int, n_init: int = 10, seed: int = 0, max_iter: int = 300, tol: float = 1e-4
+    z,
+    n_clusters: int,
+    n_init: int = 10,
+    seed: int = 0,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    sharded: bool = False,
 ) -> np.ndarray:
     """k-means with the cosine distance ``1 - cos(z_i, c_k)``, as the LFSS authors' code
     (``torch_clustering.PyTorchKMeans(metric="cosine")``): k-means++ seeding on that distance
@@ -44,6 +51,12 @@ def cosine_kmeans(
     move less than ``tol`` times the mean feature variance; returns the labels of the state of
     least inertia seen after any update of any restart.
 
+    ``sharded=True`` under torchrun: ``z`` is this rank's slice of the rows
+    (:func:`deepstab.distributed.shard`), every sum over rows is all-reduced (the k-means++
+    draws, the centres, the inertia, the stopping rule), and the labels of this rank's rows are
+    returned: the single-process result on all rows, up to the order of float64 sums, with no
+    embedding leaving its rank (``bench/lfss_distributed_bench.py --kmeans``).
+
     Example:
 
     >>> import numpy as np
@@ -51,46 +64,110 @@ def cosine_kmeans(
     >>> cosine_kmeans(z, 2).tolist() in ([0, 0, 1, 1], [1, 1, 0, 0])
     True
     """
-    x = torch.as_tensor(_checked(z, n_clusters), dtype=torch.float64)
-    unit = torch.nn.functional.normalize(x, dim=1)
+    rows = _Rows(z, n_clusters, sharded)
+    x, unit, total = rows.x, rows.unit, rows.sum
 
     def assign(centres):
         distances = 1.0 - unit @ torch.nn.functional.normalize(centres, dim=1).T
         inertia, labels = distances.min(dim=1)
-        return labels, float(inertia.sum())
+        return labels, float(total(inertia.sum()))
 
-    threshold = tol * float(x.var(dim=0).mean())
+    threshold = tol * float(rows.variance().mean())
     best_inertia, best_labels = float("inf"), None
     for restart in range(n_init):
-        centres = _plus_plus(x, unit, n_clusters, torch.Generator().manual_seed(seed + restart))
+        centres = _plus_plus(rows, n_clusters, torch.Generator().manual_seed(seed + restart))
         labels, _ = assign(centres)
         for _ in range(max_iter):
-            counts = torch.full((n_clusters,), 1e-6, dtype=x.dtype)
-            present, sizes = torch.unique(labels, return_counts=True)
-            counts[present] = sizes.to(x.dtype)
-            moved = torch.zeros_like(centres).index_add_(0, labels, x) / counts[:, None]
+            counts = total(torch.bincount(labels, minlength=n_clusters).to(x.dtype))
+            counts = torch.where(counts > 0, counts, torch.full_like(counts, 1e-6))
+            moved = total(torch.zeros_like(centres).index_add_(0, labels, x)) / counts[:, None]
             new_labels, inertia = assign(moved)
             if inertia < best_inertia:
                 best_inertia, best_labels = inertia, new_labels
             shift = float((1.0 - torch.nn.functional.cosine_similarity(centres, moved, dim=1, eps=1e-12)).sum())
-            if torch.equal(new_labels, labels) or shift <= threshold:
+            changed = total(torch.count_nonzero(new_labels != labels).to(x.dtype))
+            if not changed or shift <= threshold:
                 break
             labels, centres = new_labels, moved
-    return best_labels.numpy().astype(np.int64)
+    return best_labels.cpu().numpy().astype(np.int64)
 
 
-def _plus_plus(x, unit, k: int, generator) -> torch.Tensor:
+class _Rows:
+    """The rows k-means clusters, all of them or (``sharded``) this rank's slice, with sums over
+    all rows (:meth:`sum`) and rows fetched by their global index (:meth:`fetch`)."""
+
+    def __init__(self, z, n_clusters: int, sharded: bool):
+        self.sharded = sharded and distributed.active()
+        device = distributed.device() if self.sharded else "cpu"
+        self.x = torch.as_tensor(np.asarray(z, dtype=np.float64), device=device)
+        self.n = int(self.sum(torch.tensor(float(len(self.x)), dtype=torch.float64, device=device)))
+        if n_clusters > self.n:
+            raise DeepstabError(
+                f"n_clusters={n_clusters} is larger than the number of samples ({self.n}). "
+                f"Use at most {self.n} clusters or give more data."
+            )
+        if self.sum((~torch.isfinite(self.x)).any().to(torch.float64)) > 0:
+            raise DeepstabError(
+                "The embeddings hold NaN or infinite values, so k-means cannot run: the network "
+                "diverged. Lower the learning rate or check the input data."
+            )
+        self.unit = torch.nn.functional.normalize(self.x, dim=1)
+        self.start = distributed.shard(self.n).start if self.sharded else 0
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the ranks (itself without sharding)."""
+        if not self.sharded:
+            return t
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+        return t
+
+    def variance(self) -> torch.Tensor:
+        """The unbiased variance of each feature over all rows."""
+        if not self.sharded:
+            return self.x.var(dim=0)
+        mean = self.sum(self.x.sum(dim=0)) / self.n
+        return self.sum(((self.x - mean) ** 2).sum(dim=0)) / (self.n - 1)
+
+    def fetch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows (raw and unit) at global ``index``, on every rank."""
+        if not self.sharded:
+            return self.x[index], self.unit[index]
+        local = index - self.start
+        mine = (local >= 0) & (local < len(self.x))
+        out = torch.zeros((len(index), self.x.shape[1]), dtype=self.x.dtype, device=self.x.device)
+        out[mine] = self.x[local[mine]]
+        out = self.sum(out)  # each row comes from one rank, zeros from the others: exact
+        return out, torch.nn.functional.normalize(out, dim=1)
+
+    def locate(self, draws: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
+        """Global indices of the inverse-CDF ``draws`` in the cumulative sum of ``nearest`` over all rows."""
+        cumulative = torch.cumsum(nearest, 0)
+        if not self.sharded:
+            return torch.searchsorted(cumulative, draws).clamp(max=len(cumulative) - 1)
+        ends = torch.cumsum(distributed.gather(cumulative[-1:].contiguous()), 0)  # each rank's end
+        owner = torch.searchsorted(ends, draws).clamp(max=len(ends) - 1)
+        before = torch.cat([ends.new_zeros(1), ends[:-1]])[owner]
+        local = torch.searchsorted(cumulative, draws - before).clamp(max=len(cumulative) - 1)
+        index = torch.where(owner == distributed.rank(), local + self.start, torch.zeros_like(local))
+        return self.sum(index)
+
+
+def _plus_plus(rows: _Rows, k: int, generator) -> torch.Tensor:
     """k-means++ seeding with the cosine distance: each centre the best of ``2 + ln k`` candidates
     drawn in proportion to their distance to the nearest centre so far (inverse-CDF draws)."""
-    n, trials = len(x), 2 + int(math.log(k))
-    chosen = [int(torch.randint(n, (1,), generator=generator))]
-    nearest = 1.0 - unit @ unit[chosen[0]]
-    potential = nearest.sum()
+    trials = 2 + int(math.log(k))
+    first = torch.randint(rows.n, (1,), generator=generator).to(rows.x.device)
+    chosen, chosen_unit = rows.fetch(first)
+    nearest = 1.0 - rows.unit @ chosen_unit[0]
+    potential = rows.sum(nearest.sum())
+    centres = [chosen[0]]
     for _ in range(1, k):
-        draws = torch.rand(trials, generator=generator, dtype=x.dtype) * potential
-        candidates = torch.searchsorted(torch.cumsum(nearest, 0), draws).clamp(max=n - 1)
-        options = torch.minimum(nearest[None], 1.0 - unit[candidates] @ unit.T)  # (trials, N)
-        best = int(torch.argmin(options.sum(dim=1)))
-        chosen.append(int(candidates[best]))
-        nearest, potential = options[best], options[best].sum()
-    return x[chosen].clone()
+        draws = (torch.rand(trials, generator=generator, dtype=rows.x.dtype) * potential.cpu()).to(rows.x.device)
+        candidates, candidates_unit = rows.fetch(rows.locate(draws, nearest))
+        options = torch.minimum(nearest[None], 1.0 - candidates_unit @ rows.unit.T)  # (trials, rows)
+        best = int(torch.argmin(rows.sum(options.sum(dim=1))))
+        centres.append(candidates[best])
+        nearest = options[best]
+        potential = rows.sum(nearest.sum())
+    return torch.stack(centres).clone()

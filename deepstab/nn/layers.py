@@ -1,4 +1,5 @@
-"""The Student-t clustering layer (DEC; DECS Eq. 5)."""
+"""deepstab's Keras layers: the Student-t clustering layer (DEC; DECS Eq. 5), batch
+normalisation and convolution as PyTorch computes them, and fixed standardisation."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from keras import ops
 
-from deepstab import checks
+from deepstab import checks, distributed
 from deepstab.nn.constants import like
 
 
@@ -83,9 +84,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     the other (rows ``[v N, (v + 1) N)`` are view ``v``): each view is normalised with its own
     batch statistics, and the moving statistics are updated by one view after the other. One
     call of a network over the stacked views then computes what ``V`` calls would.
+
+    With ``sync = True`` and several processes training (:mod:`deepstab.distributed`), a
+    training-mode batch is normalised with the statistics of the global batch (the moments
+    all-reduced, gradients flowing through them), as ``torch.nn.SyncBatchNorm`` computes them
+    (which refuses CPU tensors): N processes of batch b then compute what one of batch N b does.
     """
 
     frozen_mode = "inference"
+    sync = False
 
     def __init__(self, axis: int = 1, **kwargs):
         if axis != 1:
@@ -98,12 +105,35 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         gamma, beta = self.gamma.value if self.scale else None, self.beta.value if self.center else None
         mode = ("track" if self.trainable else self.frozen_mode) if training else "inference"
         n_views = _VIEWS.get()
+        if self.sync and mode != "inference" and distributed.active():
+            return self._synced(inputs, gamma, beta, update=mode == "track")
         if n_views > 1 and mode != "inference":
             return self._per_view(inputs, n_views, gamma, beta, update=mode == "track")
         if mode == "batch":
             return F.batch_norm(inputs, None, None, gamma, beta, training=True, eps=self.epsilon)
         mean, variance = self.moving_mean.value, self.moving_variance.value
         return F.batch_norm(inputs, mean, variance, gamma, beta, mode == "track", 1.0 - self.momentum, self.epsilon)
+
+    def _synced(self, inputs, gamma, beta, update: bool):
+        """Batch normalisation with the moments of the batches of all processes."""
+        dims = [0, *range(2, inputs.ndim)]
+        c = inputs.shape[1]
+        count = torch.full((1,), inputs.numel() / c, dtype=inputs.dtype, device=inputs.device)
+        moments = distributed.all_reduce_sum(torch.cat([inputs.sum(dims), (inputs * inputs).sum(dims), count]))
+        n = moments[-1]
+        mean = moments[:c] / n
+        variance = torch.clamp(moments[c : 2 * c] / n - mean * mean, min=0.0)
+        if update:
+            with torch.no_grad():
+                self.moving_mean.value.lerp_(mean.detach(), 1.0 - self.momentum)
+                unbiased = variance.detach() * (n / torch.clamp(n - 1.0, min=1.0))
+                self.moving_variance.value.lerp_(unbiased, 1.0 - self.momentum)
+        shape = (1, c) + (1,) * (inputs.ndim - 2)
+        scale = torch.rsqrt(variance + self.epsilon)
+        if gamma is not None:
+            scale = scale * gamma
+        shift = -mean * scale + (beta if beta is not None else 0.0)
+        return inputs * scale.reshape(shape) + shift.reshape(shape)
 
     def _per_view(self, inputs, n_views: int, gamma, beta, update: bool):
         """Batch normalisation of each of ``n_views`` stacked views with its own statistics, the
@@ -119,6 +149,61 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return torch.cat(parts)
 
 
+@keras.saving.register_keras_serializable(package="deepstab")
+class TorchConv2D(keras.layers.Layer):
+    """A square 2-D convolution of NCHW feature maps without bias, as ``torch.nn.Conv2d`` with
+    ``padding=kernel_size // 2`` computes it.
+
+    Keras's ``Conv2D`` differs in two costly ways on the torch backend: its 'same' padding puts
+    the odd pixel of a strided convolution on one side only (so a ResNet needs an explicit
+    ``ZeroPadding2D``, a padded copy of every strided input), and it keeps its kernel as
+    (kh, kw, in, out), which the convolution copies into (out, in, kh, kw) on every call. This
+    layer keeps the kernel as PyTorch does, (out, in, kh, kw); ``kernel_initializer`` is drawn
+    in Keras's layout and transposed, so its fans are those of the same Keras ``Conv2D``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> layer = TorchConv2D(4, 3, strides=2)
+    >>> tuple(layer(np.zeros((2, 3, 9, 9), "float32")).shape), tuple(layer.kernel.shape)
+    ((2, 4, 5, 5), (4, 3, 3, 3))
+    """
+
+    def __init__(self, filters: int, kernel_size: int, strides: int = 1, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.filters = checks.positive_int("filters", filters)
+        self.kernel_size = checks.positive_int("kernel_size", kernel_size)
+        self.strides = checks.positive_int("strides", strides)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        k, cin, cout = self.kernel_size, int(input_shape[1]), self.filters
+
+        def torch_layout(shape, dtype=None):  # contiguous, or every call would copy it
+            kernel = ops.convert_to_tensor(self.kernel_initializer((k, k, cin, cout), dtype=dtype))
+            return ops.transpose(kernel, (3, 2, 0, 1)).contiguous()
+
+        self.kernel = self.add_weight(name="kernel", shape=(cout, cin, k, k), initializer=torch_layout)
+
+    def call(self, x):
+        return F.conv2d(x, self.kernel.value, stride=self.strides, padding=self.kernel_size // 2)
+
+    def compute_output_shape(self, input_shape):
+        n, _, h, w = input_shape
+        p, k, s = self.kernel_size // 2, self.kernel_size, self.strides
+        side = [None if d is None else (d + 2 * p - k) // s + 1 for d in (h, w)]
+        return (n, self.filters, *side)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+        }
+
+
 _VIEWS: contextvars.ContextVar[int] = contextvars.ContextVar("views", default=1)
 
 
@@ -131,6 +216,18 @@ def views(n: int):
         yield
     finally:
         _VIEWS.reset(token)
+
+
+@keras.saving.register_keras_serializable(package="deepstab")
+class ToChannelsFirst(keras.layers.Layer):
+    """NHWC images to contiguous NCHW feature maps (one copy)."""
+
+    def call(self, x):
+        return ops.transpose(x, (0, 3, 1, 2)).contiguous()
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        return (n, c, h, w)
 
 
 @keras.saving.register_keras_serializable(package="deepstab")

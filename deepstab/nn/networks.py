@@ -23,7 +23,7 @@ import keras
 from keras import layers
 
 from deepstab import checks
-from deepstab.nn.layers import FusedBatchNormalization, Standardize
+from deepstab.nn.layers import FusedBatchNormalization, Standardize, ToChannelsFirst, TorchConv2D
 
 DEFAULT_FILTERS = (32, 64, 128, 256)
 CF = "channels_first"
@@ -95,21 +95,8 @@ def _torch_batch_norm(name: str | None = None) -> FusedBatchNormalization:
 
 
 def _conv_bn(h, filters: int, kernel: int, stride: int = 1, relu: bool = True, name: str = "", init=KAIMING_FAN_OUT):
-    """Conv (no bias) - BN [- ReLU], padded as PyTorch pads: ``kernel // 2`` on every side (Keras's
-    'same' puts the odd pixel of a strided convolution on one side only)."""
-    if stride > 1 and kernel > 1:
-        h = layers.ZeroPadding2D(kernel // 2, data_format=CF)(h)
-    padding = "valid" if stride > 1 or kernel == 1 else "same"
-    h = layers.Conv2D(
-        filters,
-        kernel,
-        strides=stride,
-        padding=padding,
-        use_bias=False,
-        kernel_initializer=keras.initializers.get(init),
-        data_format=CF,
-        name=f"{name}conv",
-    )(h)
+    """Conv (no bias, PyTorch's padding ``kernel // 2`` on every side) - BN [- ReLU]."""
+    h = TorchConv2D(filters, kernel, strides=stride, kernel_initializer=init, name=f"{name}conv")(h)
     h = _torch_batch_norm(name=f"{name}bn")(h)
     return layers.ReLU()(h) if relu else h
 
@@ -160,7 +147,7 @@ def build_resnet(
     stage_filters = [max(int(round(f * width)), 4) for f in (64, 128, 256, 512)]
 
     inputs = keras.Input(shape=(height, side_w, channels), name="image")
-    h = layers.Permute((3, 1, 2))(inputs)
+    h = ToChannelsFirst()(inputs)  # contiguous NCHW: faster than a permuted view on a CPU (bench/lfss_bench.py)
     if cifar_stem:
         h = _conv_bn(h, stage_filters[0], 3, name="stem_", init=TORCH_DEFAULT)
     else:

@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from deepstab import checks, datasets
+from deepstab import checks, datasets, distributed
 from deepstab.analysis.progress import LabelMetrics
 from deepstab.checkpoint import Checkpoint
 from deepstab.errors import DeepstabError
@@ -273,6 +273,7 @@ def pretrained_model(run: CentroidRun, x: np.ndarray, y: np.ndarray | None) -> t
 def run_centroid(run: CentroidRun, data: tuple[np.ndarray, np.ndarray | None] | None = None) -> CentroidResult:
     """Load the data, pretrain (or reuse) the autoencoder, k-means, cluster with the method
     (and BRB when asked), evaluate the final model, save the model, labels and a plot."""
+    distributed.refuse(run.method.upper())
     with guarded_output(run):
         keras.utils.set_random_seed(run.seed)
         x, y = data if data is not None else datasets.load(run.dataset, run.data_dir, image_size=run.image_size)

@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from deepstab import checks, datasets
+from deepstab import checks, datasets, distributed
 from deepstab.analysis.progress import LabelMetrics
 from deepstab.checkpoint import Checkpoint
 from deepstab.errors import DeepstabError
@@ -207,6 +207,7 @@ def run_decs(
     DECS model, is trained further instead of a new one (no pretraining, no k-means).
     ``data``, ``(x, y)`` already loaded from ``run.dataset``, saves loading it again.
     """
+    distributed.refuse("DECS")
     with guarded_output(run):
         keras.utils.set_random_seed(run.seed)
         x, y = data if data is not None else datasets.load(run.dataset, run.data_dir, image_size=run.image_size)

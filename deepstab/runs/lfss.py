@@ -5,10 +5,16 @@ Example:
 >>> from deepstab.runs.lfss import LFSSRun, run_lfss
 >>> result = run_lfss(LFSSRun(dataset="cifar10-jpg", preset="cpu"))  # doctest: +SKIP
 >>> result.metrics["acc"]  # doctest: +SKIP
+
+Under ``torchrun --nproc_per_node N`` the run trains one model on N processes
+(:mod:`deepstab.distributed`): ``batch_size`` images per process and step, the learning rate
+multiplied by N (the linear scaling rule); rank 0 alone loads a checkpoint (the others receive
+its state), writes checkpoints, prints and saves the model and labels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +23,7 @@ import keras
 import numpy as np
 import torch
 
-from deepstab import checks, datasets
+from deepstab import checks, datasets, distributed
 from deepstab.checkpoint import Checkpoint
 from deepstab.datasets.store import to_unit_float
 from deepstab.datasets.streaming import IndexedImages
@@ -97,11 +103,13 @@ class LFSSRun(RunSettings):
         None, "Number of clusters K. [default: the dataset's number of classes]", check=checks.n_clusters
     )
     epochs: int | None = setting(None, f"Training epochs. {FROM_PRESET}", check=checks.positive_int)
-    batch_size: int | None = setting(None, f"Batch size. {FROM_PRESET}", check=checks.positive_int)
+    batch_size: int | None = setting(
+        None, f"Batch size (per process under torchrun). {FROM_PRESET}", check=checks.positive_int
+    )
     lr: float = setting(
         0.05,
         "Base SGD learning rate: a 10-epoch warm-up, then cosine decay per iteration towards half of it "
-        "(the LFSS authors' schedule); 10x for the predictor.",
+        "(the LFSS authors' schedule); 10x for the predictor; times N on N processes under torchrun.",
         check=checks.positive,
     )
     eta: int | None = setting(
@@ -135,6 +143,11 @@ class LFSSRun(RunSettings):
     stability: bool = setting(
         default_of(LFSSModel, "stability"),
         "Use the sample-stability losses L_I and L_C; --no-stability trains the plain base method.",
+    )
+    sync_batch_norm: bool = setting(
+        default_of(LFSSModel, "sync_batch_norm"),
+        "Under torchrun, normalise with the statistics of the global batch (all processes); "
+        "otherwise each process uses its own batch's.",
     )
     output: str | None = setting(
         None,
@@ -209,6 +222,7 @@ def build_model(run: LFSSRun, x: np.ndarray, k: int) -> LFSSModel:
         mean=mean,
         std=std,
         seed=run.seed,
+        sync_batch_norm=run.sync_batch_norm,
     )
 
 
@@ -224,14 +238,13 @@ def run_lfss(
     ``callbacks`` are added to ``fit``; ``model``, a trained LFSS model, is trained further
     instead of a new one; ``data``, ``(x, y)`` already loaded, saves loading it again.
     """
-    with guarded_output(run):
+    distributed.setup()
+    with guarded_output(run) if distributed.is_main() else contextlib.nullcontext():
         keras.utils.set_random_seed(run.seed)
-        x, y = (
-            data
-            if data is not None
-            else datasets.load(run.dataset, run.data_dir, stream=True, image_size=run.image_size)
-        )
-        return _train(run, x, y, callbacks, model)
+        if data is None:
+            with distributed.main_first():  # rank 0 downloads and converts, the others read
+                data = datasets.load(run.dataset, run.data_dir, stream=True, image_size=run.image_size)
+        return _train(run, *data, callbacks, model)
 
 
 def _advice(seconds: float) -> str | None:
@@ -253,38 +266,44 @@ def _train(run: LFSSRun, x, y, callbacks: list | None, model: LFSSModel | None) 
         raise DeepstabError(
             f"The model takes images of shape {model.image_shape}, but {run.dataset!r} has {tuple(x.shape[1:])}."
         )
-    model.compile(optimizer=lfss_optimizer(run.lr, len(batches), run.epochs))
+    world = distributed.world_size()
+    model.compile(optimizer=lfss_optimizer(run.lr * world, len(batches), run.epochs))
     checkpoint = Checkpoint(checkpoint_folder(run.model_path), run.training_settings(), every=run.checkpoint_every)
-    if checkpoint.exists and not run.resume:
+    main = distributed.is_main()
+    if main and checkpoint.exists and not run.resume:
         raise DeepstabError(
             f"A checkpoint of an unfinished run exists in {checkpoint.folder}. Pass --resume to go on from it, "
             f"or --fresh to start over."
         )
-    initial_epoch = checkpoint.restore(model)
-    print(
-        f"LFSS ({run.base}{'' if run.stability else ', no stability losses'}) on {run.dataset}: {len(x)} images, "
-        f"K={k}, ResNet-{run.depth} x{run.width:g}, {run.epochs} epochs of {len(batches)} batches of {batch_size}, "
-        f"η={run.eta}"
-    )
+    initial_epoch = distributed.broadcast_object(checkpoint.restore(model) if main else 0)  # RankSync shares it
+    if main:
+        processes = f" on {world} processes" if world > 1 else ""
+        print(
+            f"LFSS ({run.base}{'' if run.stability else ', no stability losses'}) on {run.dataset}: {len(x)} images, "
+            f"K={k}, ResNet-{run.depth} x{run.width:g}, {run.epochs} epochs of {len(batches)} batches of "
+            f"{batch_size * world}{processes}, η={run.eta}"
+        )
     start = time.perf_counter()
     history = model.fit(
         batches,
         epochs=run.epochs,
         initial_epoch=initial_epoch,
-        callbacks=[checkpoint, TimeEstimate("training", advice=_advice), *(callbacks or [])],
+        callbacks=[*([checkpoint, TimeEstimate("training", advice=_advice)] if main else []), *(callbacks or [])],
         verbose=run.verbose,
     ).history
     seconds = time.perf_counter() - start
 
-    metrics = None
-    z = model.embed(x)
-    labels = model.predict_labels(x, seed=run.seed, embeddings=z)
-    if y is not None and (y >= 0).any():
-        metrics = model.evaluate_clustering(x, y, runs=run.eval_runs, embeddings=z)
-    result = LFSSResult(model, labels, metrics, cluster_sizes(labels, k), seconds, history)
-    result.model_path = save_model(model, run.model_path)
-    result.labels_path = write_labels_csv(run.model_path.with_suffix(".csv"), labels, None, y)
-    checkpoint.remove()
+    z = distributed.gather_array(model.embed(x[distributed.shard(len(x))]), len(x))
+    result = LFSSResult(model, np.zeros(0, np.int64), None, {}, seconds, history)
+    if main:
+        result.labels = model.predict_labels(x, seed=run.seed, embeddings=z)
+        result.sizes = cluster_sizes(result.labels, k)
+        if y is not None and (y >= 0).any():
+            result.metrics = model.evaluate_clustering(x, y, runs=run.eval_runs, embeddings=z)
+        result.model_path = save_model(model, run.model_path)
+        result.labels_path = write_labels_csv(run.model_path.with_suffix(".csv"), result.labels, None, y)
+        checkpoint.remove()
+    distributed.barrier()
     return result
 
 

@@ -13,7 +13,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepstab import checks, datasets
+from deepstab import checks, datasets, distributed
 from deepstab.analysis.tracker import SampleStabilityTracker
 from deepstab.errors import DeepstabError
 from deepstab.io import load_model
@@ -88,9 +88,12 @@ class StabilityRun(RunSettings):
 
 def run_stability(run: StabilityRun) -> dict:
     """Train ``run.method`` for ``run.epochs`` epochs with a :class:`SampleStabilityTracker`,
-    then write the report to ``run.output``; return its summary."""
+    then write the report to ``run.output``; return its summary (under torchrun, rank 0
+    writes and returns it, the other ranks return an empty dict)."""
     out = Path(run.output)
-    x, y = datasets.load(run.dataset, run.data_dir, image_size=run.image_size)
+    distributed.setup()
+    with distributed.main_first():
+        x, y = datasets.load(run.dataset, run.data_dir, image_size=run.image_size)
     tracker = SampleStabilityTracker(x, every=run.track_every)
     if run.method == "decs":
         decs_run = DECSRun(
@@ -125,6 +128,8 @@ def run_stability(run: StabilityRun) -> dict:
         model = load_model(run.model, expect=LFSSModel) if run.model else None
         result = run_lfss(lfss_run, callbacks=[tracker], model=model, data=(x, y))
         labels, confidence, metrics, seconds = result.labels, None, result.metrics, result.seconds
+    if not distributed.is_main():
+        return {}
     fit_seconds = seconds - tracker.seconds
     extra = {
         "dataset": run.dataset,
