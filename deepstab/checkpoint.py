@@ -14,8 +14,9 @@ Invariants:
   ``settings`` given to the constructor); a difference is named in the error.
 - Nothing is deleted until the caller says the run's results are saved (:meth:`remove`).
 - A resumed run continues from the saved weights, optimizer state, random-generator states and
-  method state; the order of its later batches is drawn anew, so it is not bit-identical to an
-  uninterrupted run.
+  method state. An LFSS run then continues bit-identically (its
+  :class:`~deepstab.datasets.streaming.IndexedImages` orders each epoch by seed and epoch
+  number; tested on one and on two processes); the other methods are not checked to.
 
 Example:
 

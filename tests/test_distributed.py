@@ -102,6 +102,15 @@ def test_pseudo_labels_from_all_ranks_equal_one_process(core):
     assert len(np.unique(core[0]["labels"])) == 3 and (~core[0]["keep"]).sum() == 4  # δ = 0.1 of 41
 
 
+def test_a_resume_continues_identically_on_one_process(tmp_path):
+    result = worker.core(str(tmp_path))
+    assert result["epoch_of_resume"] == 1
+    pairs = list(zip(_weights(result, "straight_"), _weights(result, "resumed_"), strict=True))
+    assert len(pairs) > 50
+    for x, y in pairs:
+        np.testing.assert_array_equal(x, y)
+
+
 def test_a_resume_after_one_epoch_continues_identically(core):
     for rank in core:
         assert rank["epoch_of_resume"] == 1

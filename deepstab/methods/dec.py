@@ -30,7 +30,7 @@ import torch
 from keras import ops
 
 from deepstab import checks
-from deepstab.datasets.streaming import indexed_batches
+from deepstab.datasets.streaming import IndexedImages, indexed_batches
 from deepstab.methods.base import CentroidClusterer
 from deepstab.methods.losses import (
     COUNT_RULES,
@@ -136,7 +136,11 @@ class FeedForwardClusterer(CentroidClusterer):
         data = indexed_batches(x, self.image_shape, self.n_clusters, batch_size, shuffle, seed, who)
         if not self.centroids_set:
             self.initialize_centroids(data.x, seed=seed)
-        return super().fit(data, epochs=epochs, callbacks=callbacks, **kwargs)
+        if isinstance(data, IndexedImages):
+            data.epoch = int(kwargs.get("initial_epoch", 0))  # the order of a resumed epoch
+        # The data shuffles itself, by (seed, epoch); Keras's own shuffling of the batch order
+        # draws from the global generator, which a resumed run cannot replay.
+        return super().fit(data, epochs=epochs, callbacks=callbacks, shuffle=False, **kwargs)
 
     def view_pair(self, data):
         """``(augmented, clean)`` inputs of a batch; ``clean`` is ``None`` with ``views="augmented"``."""
