@@ -84,6 +84,8 @@ def core(out: str) -> dict[str, np.ndarray]:
     straight.compile(optimizer=lfss_optimizer(0.05 * world, 3, 2))
     straight.fit(x, epochs=2, batch_size=6, verbose=0)
     result |= {f"straight_{k}": v for k, v in weights(straight).items()}
+    views = straight.augment(keras.ops.convert_to_tensor(x[:4]), training=True)  # this rank's next draw
+    result["views"] = keras.ops.convert_to_numpy(views)
 
     first = lfss(eta=1)
     first.compile(optimizer=lfss_optimizer(0.05 * world, 3, 2))

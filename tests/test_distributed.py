@@ -4,6 +4,7 @@ each test's work in tests/distributed_worker.py, compared here with one process.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,22 +24,30 @@ sys.path.insert(0, str(WORKER.parent))
 import distributed_worker as worker  # noqa: E402
 
 
-def torchrun(out: Path, *args: str, timeout: float = 240) -> list[dict[str, np.ndarray]]:
-    """Run the worker on 2 processes; return what each rank wrote."""
+def torchrun(out: Path, *args: str, processes: int = 2, timeout: float = 240) -> list[dict[str, np.ndarray]]:
+    """Run the worker on ``processes`` processes (1: without torchrun); return what each rank wrote."""
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "KERAS_BACKEND": "torch", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    done = subprocess.run(
+    command = [sys.executable]
+    if processes > 1:
+        command += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    process = subprocess.Popen(
         [*command, str(WORKER), args[0], str(out), *args[1:]],
         cwd=ROOT,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
+        start_new_session=True,  # so that a hung run's workers can be killed with it
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
     ranks = []
-    for r in range(2):
+    for r in range(processes):
         with np.load(out / f"rank{r}.npz") as archive:
             ranks.append({k: archive[k] for k in archive.files})
     return ranks
@@ -72,6 +81,11 @@ def test_weights_are_equal_on_every_rank_after_two_epochs(core):
     assert any(not np.allclose(w, np.asarray(keras.ops.convert_to_numpy(v))) for w, v in zip(a, first.weights))
 
 
+def test_each_rank_draws_its_own_views(core):
+    a, b = (r["views"] for r in core)
+    assert a.shape == (4, *worker.SHAPE) and not np.allclose(a, b)
+
+
 def test_the_gathered_nt_xent_has_the_full_batch_gradient(core):
     z1, z2 = (worker.rows(13, 8, seed).requires_grad_() for seed in (1, 2))
     loss = nt_xent(z1, z2, 0.5)
@@ -103,8 +117,8 @@ def test_pseudo_labels_from_all_ranks_equal_one_process(core):
 
 
 def test_a_resume_continues_identically_on_one_process(tmp_path):
-    result = worker.core(str(tmp_path))
-    assert result["epoch_of_resume"] == 1
+    (result,) = torchrun(tmp_path, "core", processes=1)
+    assert result["epoch_of_resume"] == 1 and result["world"] == 1
     pairs = list(zip(_weights(result, "straight_"), _weights(result, "resumed_"), strict=True))
     assert len(pairs) > 50
     for x, y in pairs:

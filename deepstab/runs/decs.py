@@ -313,7 +313,8 @@ def summary(run: DECSRun, result: DECSResult) -> str:
             what = f"restored {restored} and went on with the cluster-size prior (weight {guard.fallback_prior:g})"
         lines.append(
             f"NOTE: the clustering began to collapse at epoch {result.collapsed_epoch + 1} (a cluster emptied or fell "
-            f"below {run.collapse_share:.0%} of an even share); training {what}. See the README, 'Collapse'."
+            f"below {run.collapse_share:.0%} of an even share); training {what}. --on-collapse chooses what happens "
+            f"(see --help)."
         )
     lines.append(
         f"Iterations run: {result.iterations_run}; wall time: pretraining {result.pretrain_seconds:.0f} s, "
