@@ -104,6 +104,17 @@ def core(out: str) -> dict[str, np.ndarray]:
     return result
 
 
+def resume(out: str, folder: str) -> dict[str, np.ndarray]:
+    """The second epoch from a checkpoint written by a run on another number of processes."""
+    x = images(40)
+    model = lfss(eta=1)
+    model.compile(optimizer=lfss_optimizer(0.05 * distributed.world_size(), 3, 2))
+    restored = Checkpoint(folder, {"test": 1}).restore(model) if distributed.is_main() else 0
+    epoch = distributed.broadcast_object(restored)
+    model.fit(x, epochs=2, initial_epoch=epoch, batch_size=6, verbose=0)
+    return {"epoch_of_resume": np.array(epoch), **{f"resumed_{k}": v for k, v in weights(model).items()}}
+
+
 def step(out: str, batch: int) -> dict[str, np.ndarray]:
     """One step of 2 ranks x ``batch`` with synchronised batch statistics."""
     x = images(2 * batch)
@@ -146,6 +157,8 @@ def main() -> None:
         result = core(out)
     elif scenario == "step":
         result = step(out, int(args[0]))
+    elif scenario == "resume":
+        result = resume(out, args[0])
     else:
         result = command(out, *args)
     result["world"] = np.array(world)

@@ -116,13 +116,20 @@ def test_pseudo_labels_from_all_ranks_equal_one_process(core):
     assert len(np.unique(core[0]["labels"])) == 3 and (~core[0]["keep"]).sum() == 4  # δ = 0.1 of 41
 
 
-def test_a_resume_continues_identically_on_one_process(tmp_path):
+def test_a_resume_continues_identically_on_one_process_and_on_two(tmp_path):
     (result,) = torchrun(tmp_path, "core", processes=1)
     assert result["epoch_of_resume"] == 1 and result["world"] == 1
     pairs = list(zip(_weights(result, "straight_"), _weights(result, "resumed_"), strict=True))
     assert len(pairs) > 50
     for x, y in pairs:
         np.testing.assert_array_equal(x, y)
+    # The one-process checkpoint (after epoch 1) resumed on two processes: one model on both ranks.
+    ranks = torchrun(tmp_path / "two", "resume", str(tmp_path / "checkpoint"))
+    assert all(r["epoch_of_resume"] == 1 for r in ranks)
+    for a, b in zip(_weights(ranks[0], "resumed_"), _weights(ranks[1], "resumed_"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    moved = [not np.allclose(a, b) for a, b in zip(_weights(ranks[0], "resumed_"), _weights(result, "straight_"))]
+    assert any(moved)  # another global batch: another second epoch
 
 
 def test_a_resume_after_one_epoch_continues_identically(core):
