@@ -114,7 +114,8 @@ def shard(n: int, parts: int | None = None, index: int | None = None) -> slice:
     return slice(start, start + size + (index < extra))
 
 
-def _shard_sizes(n: int) -> list[int]:
+def shard_sizes(n: int) -> list[int]:
+    """The length of every rank's :func:`shard` of ``range(n)``, in rank order."""
     return [shard(n, world_size(), r).stop - shard(n, world_size(), r).start for r in range(world_size())]
 
 
@@ -239,7 +240,7 @@ def gather_array(array: np.ndarray, total: int) -> np.ndarray:
     if not active():
         return array
     rows = torch.as_tensor(np.ascontiguousarray(array), device=device())
-    return gather(rows, _shard_sizes(total)).cpu().numpy()
+    return gather(rows, shard_sizes(total)).cpu().numpy()
 
 
 @contextlib.contextmanager

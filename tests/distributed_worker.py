@@ -48,10 +48,11 @@ def weights(model) -> dict[str, np.ndarray]:
 
 
 def one_step(model: LFSSModel, x: np.ndarray, index: np.ndarray) -> None:
-    """One train step on fixed views (no augmentation): what one process of batch 2b computes
-    from the same images is then comparable."""
+    """One train step on fixed views (no augmentation) of this rank's images ``x``; ``index``,
+    the global batch's (as IndexedImages gives it): what one process of the whole batch
+    computes from the same images is then comparable."""
     object.__setattr__(model, "augment", lambda images, training=None: images)
-    n = 2 * len(x) if distributed.active() else len(x)
+    n = len(index)
     model.set_cluster_state(np.arange(n) % 3, np.arange(n) % 5 != 0)
     model.compile(optimizer=SGD(0.1, momentum=0.9))
     model.optimizer.build(model.trainable_variables_of_step())
@@ -118,9 +119,8 @@ def resume(out: str, folder: str) -> dict[str, np.ndarray]:
 def step(out: str, batch: int) -> dict[str, np.ndarray]:
     """One step of 2 ranks x ``batch`` with synchronised batch statistics."""
     x = images(2 * batch)
-    index = np.arange(2 * batch)[distributed.shard(2 * batch)]
     model = lfss(sigma=0.0, sync_batch_norm=True, eta=0)
-    one_step(model, x[index], index)
+    one_step(model, x[distributed.shard(2 * batch)], np.arange(2 * batch))
     return weights(model)
 
 

@@ -23,7 +23,9 @@ class IndexedImages(keras.utils.PyDataset):
     epochs; set it to resume), so a resumed run reads the batches an uninterrupted one reads.
     Under :mod:`deepstab.distributed` with N processes, a step reads a global batch of
     ``N * batch_size`` images, the same permutation on every rank, and each rank its own
-    contiguous slice of it (:func:`~deepstab.distributed.shard`).
+    contiguous slice of it (:func:`~deepstab.distributed.shard`); the indices a batch comes with
+    are then those of the global batch, every rank's rows in rank order, so a step knows every
+    rank's rows without asking (alone, they are the batch's own).
     """
 
     def __init__(
@@ -63,8 +65,8 @@ class IndexedImages(keras.utils.PyDataset):
 
     def __getitem__(self, i):
         batch = self.order[i * self.global_batch : (i + 1) * self.global_batch]
-        index = np.sort(batch[distributed.shard(len(batch))])
-        return to_unit_float(self.x[index]), index
+        parts = [np.sort(batch[distributed.shard(len(batch), self.world, r)]) for r in range(self.world)]
+        return to_unit_float(self.x[parts[distributed.rank()]]), np.concatenate(parts)
 
     def on_epoch_end(self):
         self.epoch += 1

@@ -379,7 +379,8 @@ class LFSSModel(keras.Model):
         network runs in training mode on one view at a time (batch statistics per view), as in
         the authors' code."""
         images = ops.convert_to_tensor(images_of(data))
-        sizes = distributed.row_counts(images.shape[0], images.device)  # rows of each rank: [n] alone
+        index = torch.as_tensor(data[1], device=images.device)  # of the global batch (IndexedImages)
+        sizes = distributed.shard_sizes(int(index.shape[0]))  # rows of each rank: [n] alone
         share = images.shape[0] * len(sizes) / sum(sizes)  # this rank's weight in a mean over all rows
 
         def gather(rows):
@@ -400,7 +401,6 @@ class LFSSModel(keras.Model):
             z1, z2 = gather(z1), gather(z2)
             l_i = (nt_xent_self(z1, p1, self.tau) + nt_xent_self(z2, p2, self.tau)) / 2  # Eq. 4
             if self.cluster_active:  # Eq. 8, after the warm-up
-                index = gather(torch.as_tensor(data[1], device=images.device))
                 labels, keep = self.pseudo_labels[index], self.keep[index]
                 t1, t2 = gather(t1), gather(t2)
                 l_c = cluster_loss(z1, t2, labels, keep, self.n_clusters, self.tau)
