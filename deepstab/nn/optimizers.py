@@ -39,8 +39,8 @@ class Adam(keras.optimizers.Adam):
         m = [self._momentums[i].value for i in index]
         v = [self._velocities[i].value for i in index]
         step = (self.iterations.value + 1).to(params[0].dtype)
-        lr = learning_rate.value if hasattr(learning_rate, "value") else torch.as_tensor(learning_rate)
-        alpha = lr.to(params[0].dtype) * torch.sqrt(1 - self.beta_2**step) / (1 - self.beta_1**step)
+        lr = _learning_rate(learning_rate, params[0].dtype)
+        alpha = lr * torch.sqrt(1 - self.beta_2**step) / (1 - self.beta_1**step)
         torch._foreach_lerp_(m, grads, 1 - self.beta_1)
         torch._foreach_mul_(v, self.beta_2)
         torch._foreach_addcmul_(v, grads, grads, value=1 - self.beta_2)
@@ -65,8 +65,7 @@ class SGD(keras.optimizers.SGD):
     @torch.no_grad()
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         params = [v.value for v in trainable_variables]
-        lr = learning_rate.value if hasattr(learning_rate, "value") else torch.as_tensor(learning_rate)
-        lr = lr.to(params[0].dtype)
+        lr = _learning_rate(learning_rate, params[0].dtype)
         if not self.momentum:
             torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
             return
@@ -74,3 +73,9 @@ class SGD(keras.optimizers.SGD):
         torch._foreach_mul_(buffers, self.momentum)
         torch._foreach_add_(buffers, grads)
         torch._foreach_sub_(params, torch._foreach_mul(buffers, lr))
+
+
+def _learning_rate(learning_rate, dtype: torch.dtype) -> torch.Tensor:
+    """The step's learning rate (a Keras variable or a number) as a tensor of ``dtype``."""
+    lr = learning_rate.value if hasattr(learning_rate, "value") else torch.as_tensor(learning_rate)
+    return lr.to(dtype)
