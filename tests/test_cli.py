@@ -117,6 +117,7 @@ def test_help_documents_defaults(command):
     if command == "decs":
         for option in (
             "--pretrain-epochs",
+            "--pretrain-steps",
             "--iterations",
             "--batch-size",
             "--variant",

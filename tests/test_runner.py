@@ -58,12 +58,23 @@ def test_presets_and_explicit_overrides():
         3000,
         None,
     )
+    assert usps.pretrain_steps is None and usps.pretraining_epochs(9298) == 500
+    fast = DECSRun(dataset="usps", preset="fast")
+    assert (fast.pretrain_steps, fast.pretrain_epochs, fast.pretrain_batch_size) == (15000, 200, 64)
+    assert (fast.cluster_epochs, fast.iterations) == (80, None)
+    # 15,000 steps of 64 images: 103 epochs of USPS's 9,298 images; the 200-epoch cap binds on digits
+    assert fast.pretraining_epochs(9298) == 103 and fast.pretraining_epochs(1797) == 200
+    epochs = DECSRun(preset="fast", pretrain_epochs=7)  # an explicit epoch count drops the preset's steps
+    assert epochs.pretrain_steps is None and epochs.pretraining_epochs(9298) == 7
+    steps = DECSRun(dataset="usps", pretrain_steps=100)  # and explicit steps the preset's epochs
+    assert steps.pretrain_epochs is None and steps.pretraining_epochs(1000) == 25  # 4 steps an epoch at 256
+    assert DECSRun(pretrain_steps=1000, pretrain_epochs=3).pretraining_epochs(1000) == 3  # the fewer
     assert DECSRun(dataset="usps", preset="quick").pretrain_epochs == 10
     paper = DECSRun(preset="paper")
     assert (paper.pretrain_epochs, paper.pretrain_batch_size, paper.iterations) == (500, 256, 10000)
     mixed = DECSRun(iterations=100, pretrain_epochs=3)
     assert mixed.iterations == 100 and mixed.cluster_epochs is None and mixed.pretrain_epochs == 3
     with pytest.raises(DeepstabError, match="preset must be one of"):
-        DECSRun(preset="fast")
+        DECSRun(preset="fastest")
     with pytest.raises(DeepstabError, match="batch_size must be a positive"):
         DECSRun(batch_size=0)

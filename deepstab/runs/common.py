@@ -64,12 +64,13 @@ def checkpoint_folder(path: Path) -> Path:
 
 
 def pretrained_autoencoder(
-    run, model: CentroidClusterer, x: np.ndarray, path: Path, what: str = "autoencoder"
+    run, model: CentroidClusterer, x: np.ndarray, path: Path, what: str = "autoencoder", epochs: int | None = None
 ) -> float:
-    """Load the autoencoder saved at ``path`` into ``model.autoencoder``, or pretrain it
-    (resumable through a checkpoint beside ``path``) and save it there;
-    return the seconds spent. ``run`` gives ``pretrain_epochs``, ``pretrain_batch_size``,
-    ``optimizer()`` and ``verbose``."""
+    """Load the autoencoder saved at ``path`` into ``model.autoencoder``, or pretrain it for
+    ``epochs`` (default ``run.pretrain_epochs``; resumable through a checkpoint beside ``path``)
+    and save it there; return the seconds spent. ``run`` gives ``pretrain_batch_size``,
+    ``optimizer()``, ``fresh`` and ``verbose``."""
+    epochs = run.pretrain_epochs if epochs is None else epochs
     if path.exists():
         saved = load_model(path, expect=type(model.autoencoder))
         if [tuple(w.shape) for w in saved.weights] != [tuple(w.shape) for w in model.autoencoder.weights]:
@@ -80,7 +81,7 @@ def pretrained_autoencoder(
         model.autoencoder.set_weights(saved.get_weights())
         print(f"Reusing the pretrained autoencoder {path}")
         return 0.0
-    print(f"Pretraining the {what}: {run.pretrain_epochs} epochs, batch {run.pretrain_batch_size}")
+    print(f"Pretraining the {what}: {epochs} epochs, batch {run.pretrain_batch_size}")
     start = time.perf_counter()
     with output_lock(path):
         checkpoint = Checkpoint(checkpoint_folder(path), {"autoencoder": path.name}, min_seconds=CHECKPOINT_SECONDS)
@@ -88,7 +89,7 @@ def pretrained_autoencoder(
             checkpoint.remove()
         model.pretrain(
             x,
-            epochs=run.pretrain_epochs,
+            epochs=epochs,
             batch_size=run.pretrain_batch_size,
             optimizer=run.optimizer(),
             checkpoint=checkpoint,
