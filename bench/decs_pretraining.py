@@ -9,7 +9,7 @@ leaves within clusters). Then DECS clusters from the final embedding (the defaul
 stage) and the final model's ACC/NMI/ARI are recorded. One JSON line per run is appended to
 ``--results``; a run already there (same name, dataset and seed) is skipped.
 
-    python bench/decs_pretraining.py --dataset usps --recipe paper --recipe default
+    python bench/decs_pretraining.py --dataset usps --batch 32 --epochs 100 --eval-every 10 --cluster-at 60 100
     python bench/decs_pretraining.py --table --results docs/data/decs_pretraining.jsonl
 """
 

@@ -49,25 +49,18 @@ def test_interrupted_pretraining_resumes_from_the_backup(tmp_path, blobs_npz, mo
 
 
 def test_presets_and_explicit_overrides():
-    digits = DECSRun()
-    assert (digits.pretrain_epochs, digits.pretrain_batch_size, digits.cluster_epochs) == (30, 32, 60)
-    usps = DECSRun(dataset="usps")
-    assert (usps.pretrain_epochs, usps.pretrain_batch_size, usps.iterations, usps.cluster_epochs) == (
-        500,
-        256,
-        3000,
-        None,
-    )
-    assert usps.pretrain_steps is None and usps.pretraining_epochs(9298) == 500
-    fast = DECSRun(dataset="usps", preset="fast")
-    assert (fast.pretrain_steps, fast.pretrain_epochs, fast.pretrain_batch_size) == (15000, 200, 64)
-    assert (fast.cluster_epochs, fast.iterations) == (80, None)
-    # 15,000 steps of 64 images: 103 epochs of USPS's 9,298 images; the 200-epoch cap binds on digits
-    assert fast.pretraining_epochs(9298) == 103 and fast.pretraining_epochs(1797) == 200
-    epochs = DECSRun(preset="fast", pretrain_epochs=7)  # an explicit epoch count drops the preset's steps
+    # One rule for every dataset: 30,000 steps at batch 32, at most 100 epochs.
+    default = DECSRun()
+    assert (default.pretrain_steps, default.pretrain_epochs, default.pretrain_batch_size) == (30000, 100, 32)
+    assert (default.cluster_epochs, default.iterations) == (80, None)
+    assert DECSRun(dataset="mnist-test").pretrain_steps == 30000
+    # 30,000 steps of 32 images: 96 epochs of MNIST-test's 10,000 images; the cap binds on USPS and digits
+    assert default.pretraining_epochs(10000) == 96 and default.pretraining_epochs(9298) == 100
+    assert default.pretraining_epochs(1797) == 100
+    epochs = DECSRun(pretrain_epochs=7)  # an explicit epoch count drops the preset's steps
     assert epochs.pretrain_steps is None and epochs.pretraining_epochs(9298) == 7
     steps = DECSRun(dataset="usps", pretrain_steps=100)  # and explicit steps the preset's epochs
-    assert steps.pretrain_epochs is None and steps.pretraining_epochs(1000) == 25  # 4 steps an epoch at 256
+    assert steps.pretrain_epochs is None and steps.pretraining_epochs(1000) == 4  # 32 steps an epoch at batch 32
     assert DECSRun(pretrain_steps=1000, pretrain_epochs=3).pretraining_epochs(1000) == 3  # the fewer
     assert DECSRun(dataset="usps", preset="quick").pretrain_epochs == 10
     paper = DECSRun(preset="paper")

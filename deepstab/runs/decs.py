@@ -25,6 +25,7 @@ from deepstab.methods.collapse import COLLAPSE_ACTIONS
 from deepstab.methods.decs import DECS
 from deepstab.methods.losses import VARIANTS
 from deepstab.metrics import cluster_sizes, evaluate
+from deepstab.nn.optimizers import Adam
 from deepstab.runs.common import (
     CHECKPOINT_SECONDS,
     autoencoder_path,
@@ -37,32 +38,18 @@ from deepstab.runs.common import (
 from deepstab.runs.progress import TimeEstimate
 from deepstab.runs.settings import RunSettings, default_of, output_path, setting
 
-# Schedules: "paper" is DECS's own (§4.2: 500 pretraining epochs at batch 256, 10,000 clustering
-# iterations); "default" the paper's pretraining with 3,000 clustering iterations, except where
-# DEFAULT_SCHEDULES names a shorter one measured to be enough (docs/results.md). "fast" pretrains
-# for a number of Adam steps rather than epochs: the k-means quality of the embedding follows the
-# steps taken whatever the batch size (batch 32, 64 and 256 measured on USPS), and a step at batch
-# 64 costs a third of one at 256; 15,000 steps (the paper's 500 epochs are 18,200 on USPS), at most
-# 200 epochs (binding below 4,800 images), then 80 clustering epochs (about 3,000 iterations on
-# USPS). "quick" is a smoke test.
+# Schedules. "default" is one rule for every dataset, measured on USPS, MNIST-test and digits
+# (docs/results.md, bench/decs_pretraining.py): pretraining is counted in Adam steps, because the
+# k-means quality of the embedding follows the steps taken whatever the batch size (32, 64 and 256
+# measured on USPS) and a step at batch 32 is the cheapest; 30,000 steps at batch 32, at most 100
+# epochs (the cap binds below 9,600 images and keeps small datasets short), then 80 clustering
+# epochs at batch 256. "paper" is DECS's own (§4.2: 500 pretraining epochs at batch 256, 10,000
+# clustering iterations). "quick" is a smoke test.
 PRESETS: dict[str, dict[str, int]] = {
-    "default": {"pretrain_epochs": 500, "pretrain_batch_size": 256, "iterations": 3000},
+    "default": {"pretrain_steps": 30000, "pretrain_epochs": 100, "pretrain_batch_size": 32, "cluster_epochs": 80},
     "paper": {"pretrain_epochs": 500, "pretrain_batch_size": 256, "iterations": 10000},
-    "fast": {"pretrain_steps": 15000, "pretrain_epochs": 200, "pretrain_batch_size": 64, "cluster_epochs": 80},
     "quick": {"pretrain_epochs": 10, "pretrain_batch_size": 32, "cluster_epochs": 20},
 }
-DEFAULT_SCHEDULES: dict[str, dict[str, int]] = {
-    "digits": {"pretrain_epochs": 30, "pretrain_batch_size": 32, "cluster_epochs": 60},
-    "mnist-test": {"pretrain_epochs": 50, "pretrain_batch_size": 32, "cluster_epochs": 80},
-}
-
-
-def schedule(preset: str, dataset: str) -> dict[str, int]:
-    """The schedule ``preset`` gives ``dataset`` (the `default` preset differs per dataset)."""
-    checks.choice("preset", preset, PRESETS)
-    if preset == "default" and dataset in DEFAULT_SCHEDULES:
-        return dict(DEFAULT_SCHEDULES[dataset])
-    return dict(PRESETS[preset])
 
 
 def _describe(p: dict[str, int]) -> str:
@@ -75,13 +62,7 @@ def _describe(p: dict[str, int]) -> str:
     return f"{pretraining} at batch {p['pretrain_batch_size']}, {clustering}"
 
 
-PRESET_HELP = (
-    "Schedule. "
-    + "; ".join(f"{name}: {_describe(p)}" for name, p in PRESETS.items())
-    + ". The default preset of these datasets is shorter ("
-    + "; ".join(f"{name}: {_describe(p)}" for name, p in DEFAULT_SCHEDULES.items())
-    + ")."
-)
+PRESET_HELP = "Schedule. " + "; ".join(f"{name}: {_describe(p)}" for name, p in PRESETS.items()) + "."
 FROM_PRESET = "[default: from --preset]"
 
 
@@ -90,8 +71,9 @@ class DECSRun(RunSettings):
     """Everything that defines a DECS run; ``None`` fields take the preset's value."""
 
     def optimizer(self) -> keras.optimizers.Optimizer:
-        """Keras's Adam at ``lr``, as the DECS authors' Keras code, for either stage."""
-        return keras.optimizers.Adam(self.lr)
+        """Adam at ``lr`` with Keras's epsilon (the DECS authors' Keras code) and deepstab's
+        in-place update (:class:`deepstab.nn.optimizers.Adam`), for either stage."""
+        return Adam(self.lr)
 
     preset: str = setting("default", PRESET_HELP, choices=tuple(PRESETS))
     n_clusters: int | None = setting(
@@ -165,7 +147,8 @@ class DECSRun(RunSettings):
     )
 
     def resolve(self) -> None:
-        preset = schedule(self.preset, self.dataset)
+        checks.choice("preset", self.preset, PRESETS)
+        preset = dict(PRESETS[self.preset])
         # An explicit length beats the preset's, in either unit.
         for given, other in (("iterations", "cluster_epochs"), ("pretrain_epochs", "pretrain_steps")):
             if getattr(self, given) is not None:
