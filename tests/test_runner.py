@@ -71,3 +71,22 @@ def test_presets_and_explicit_overrides():
         DECSRun(preset="fastest")
     with pytest.raises(DeepstabError, match="batch_size must be a positive"):
         DECSRun(batch_size=0)
+
+
+def test_cosine_pretraining_schedule_decays_to_zero_over_the_pretraining_steps(tmp_path):
+    import numpy as np
+    from keras import ops
+
+    run = DECSRun(dataset="usps", pretrain_steps=1000, lr=2e-3, pretrain_schedule="cosine", models_dir=str(tmp_path))
+    optimizer = run.pretrain_optimizer(3200)  # 100 steps an epoch at batch 32: 10 epochs, 1,000 steps
+    rate = optimizer._learning_rate
+    values = [float(ops.convert_to_numpy(rate(step))) for step in (0, 500, 1000, 1200)]
+    assert np.allclose(values, [2e-3, 1e-3, 0.0, 0.0], atol=1e-9)
+    constant = DECSRun(dataset="usps", pretrain_steps=1000, lr=2e-3)  # the default preset's constant rate
+    assert float(ops.convert_to_numpy(constant.pretrain_optimizer(3200).learning_rate)) == pytest.approx(2e-3)
+    assert constant.pretrain_schedule == DECSRun(preset="paper").pretrain_schedule == "constant"
+    # the cached autoencoders of the two schedules are kept apart
+    x = np.zeros((3200, 8, 8, 1), "float32")
+    model = DECS(3, (8, 8, 1), filters=(4, 4, 4, 4))
+    constant.models_dir = run.models_dir
+    assert run.autoencoder_path(x, model) != constant.autoencoder_path(x, model)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from deepstab import checks, datasets
@@ -64,12 +65,18 @@ def checkpoint_folder(path: Path) -> Path:
 
 
 def pretrained_autoencoder(
-    run, model: CentroidClusterer, x: np.ndarray, path: Path, what: str = "autoencoder", epochs: int | None = None
+    run,
+    model: CentroidClusterer,
+    x: np.ndarray,
+    path: Path,
+    what: str = "autoencoder",
+    epochs: int | None = None,
+    optimizer: keras.optimizers.Optimizer | None = None,
 ) -> float:
     """Load the autoencoder saved at ``path`` into ``model.autoencoder``, or pretrain it for
     ``epochs`` (default ``run.pretrain_epochs``; resumable through a checkpoint beside ``path``)
-    and save it there; return the seconds spent. ``run`` gives ``pretrain_batch_size``,
-    ``optimizer()``, ``fresh`` and ``verbose``."""
+    with ``optimizer`` (default ``run.optimizer()``) and save it there; return the seconds spent.
+    ``run`` gives ``pretrain_batch_size``, ``optimizer()``, ``fresh`` and ``verbose``."""
     epochs = run.pretrain_epochs if epochs is None else epochs
     if path.exists():
         saved = load_model(path, expect=type(model.autoencoder))
@@ -91,7 +98,7 @@ def pretrained_autoencoder(
             x,
             epochs=epochs,
             batch_size=run.pretrain_batch_size,
-            optimizer=run.optimizer(),
+            optimizer=optimizer or run.optimizer(),
             checkpoint=checkpoint,
             callbacks=[TimeEstimate("pretraining")],
             verbose=run.verbose,

@@ -42,24 +42,32 @@ from deepstab.runs.settings import RunSettings, default_of, output_path, setting
 # (docs/results.md, bench/decs_pretraining.py): pretraining is counted in Adam steps, because the
 # k-means quality of the embedding follows the steps taken whatever the batch size (32, 64 and 256
 # measured on USPS) and a step at batch 32 is the cheapest; 30,000 steps at batch 32, at most 100
-# epochs (the cap binds below 9,600 images and keeps small datasets short), then 80 clustering
-# epochs at batch 256. "paper" is DECS's own (§4.2: 500 pretraining epochs at batch 256, 10,000
-# clustering iterations). "quick" is a smoke test.
-PRESETS: dict[str, dict[str, int]] = {
-    "default": {"pretrain_steps": 30000, "pretrain_epochs": 100, "pretrain_batch_size": 32, "cluster_epochs": 80},
-    "paper": {"pretrain_epochs": 500, "pretrain_batch_size": 256, "iterations": 10000},
-    "quick": {"pretrain_epochs": 10, "pretrain_batch_size": 32, "cluster_epochs": 20},
+# epochs (the cap binds below 9,600 images and keeps small datasets short) at a constant rate, then
+# 80 clustering epochs at batch 256. "paper" is DECS's own (§4.2: 500 pretraining epochs at batch
+# 256, 10,000 clustering iterations). "quick" is a smoke test. A cosine-decayed pretraining rate
+# (--pretrain-schedule cosine) is measured on one seed only (docs/results.md).
+PRESETS: dict[str, dict[str, int | str]] = {
+    "default": {
+        "pretrain_steps": 30000,
+        "pretrain_epochs": 100,
+        "pretrain_batch_size": 32,
+        "pretrain_schedule": "constant",
+        "cluster_epochs": 80,
+    },
+    "paper": {"pretrain_epochs": 500, "pretrain_batch_size": 256, "pretrain_schedule": "constant", "iterations": 10000},
+    "quick": {"pretrain_epochs": 10, "pretrain_batch_size": 32, "pretrain_schedule": "constant", "cluster_epochs": 20},
 }
+PRETRAIN_SCHEDULES = ("constant", "cosine")
 
 
-def _describe(p: dict[str, int]) -> str:
+def _describe(p: dict[str, int | str]) -> str:
     clustering = (
         f"{p['iterations']} clustering iterations" if "iterations" in p else f"{p['cluster_epochs']} clustering epochs"
     )
     pretraining = f"{p['pretrain_epochs']} pretraining epochs"
     if "pretrain_steps" in p:
         pretraining = f"{p['pretrain_steps']} pretraining steps (at most {p['pretrain_epochs']} epochs)"
-    return f"{pretraining} at batch {p['pretrain_batch_size']}, {clustering}"
+    return f"{pretraining} at batch {p['pretrain_batch_size']} ({p['pretrain_schedule']} rate), {clustering}"
 
 
 PRESET_HELP = "Schedule. " + "; ".join(f"{name}: {_describe(p)}" for name, p in PRESETS.items()) + "."
@@ -74,6 +82,14 @@ class DECSRun(RunSettings):
         """Adam at ``lr`` with Keras's epsilon (the DECS authors' Keras code) and deepstab's
         in-place update (:class:`deepstab.nn.optimizers.Adam`), for either stage."""
         return Adam(self.lr)
+
+    def pretrain_optimizer(self, n_images: int) -> keras.optimizers.Optimizer:
+        """:meth:`optimizer` with the pretraining schedule: its rate is ``lr`` throughout, or
+        ``lr · (1 + cos(π s / S)) / 2`` at step ``s`` of the ``S`` pretraining steps on ``n_images``."""
+        if self.pretrain_schedule == "constant":
+            return self.optimizer()
+        steps = self.pretraining_epochs(n_images) * int(np.ceil(n_images / self.pretrain_batch_size))
+        return Adam(keras.optimizers.schedules.CosineDecay(self.lr, max(steps, 1), alpha=0.0))
 
     preset: str = setting("default", PRESET_HELP, choices=tuple(PRESETS))
     n_clusters: int | None = setting(
@@ -90,6 +106,12 @@ class DECSRun(RunSettings):
         check=checks.non_negative_int,
     )
     pretrain_batch_size: int | None = setting(None, f"Pretraining batch size. {FROM_PRESET}", check=checks.positive_int)
+    pretrain_schedule: str | None = setting(
+        None,
+        f"Pretraining learning rate: constant (--lr throughout) or cosine (from --lr down to 0 over the "
+        f"pretraining steps). {FROM_PRESET}",
+        choices=PRETRAIN_SCHEDULES,
+    )
     iterations: int | None = setting(
         None,
         f"Clustering iterations (batches), rounded up to whole epochs. {FROM_PRESET}",
@@ -175,6 +197,8 @@ class DECSRun(RunSettings):
         """Where the pretrained autoencoder of these images, this schedule, network and seed is kept."""
         ae = model.autoencoder
         settings = {name: getattr(self, name) for name in ("pretrain_batch_size", "lr", "seed")}
+        if self.pretrain_schedule != "constant":  # names of constant-rate autoencoders stay as they were
+            settings["pretrain_schedule"] = self.pretrain_schedule
         settings["pretrain_epochs"] = self.pretraining_epochs(len(x))
         settings |= {
             "embedding_dim": ae.embedding_dim,
@@ -240,7 +264,9 @@ def _pretrain_and_cluster(run: DECSRun, x: np.ndarray, y: np.ndarray | None, cal
         collapse_share=run.collapse_share,
     )
     path = run.autoencoder_path(x, model)
-    pretrain_seconds = pretrained_autoencoder(run, model, x, path, epochs=run.pretraining_epochs(len(x)))
+    pretrain_seconds = pretrained_autoencoder(
+        run, model, x, path, epochs=run.pretraining_epochs(len(x)), optimizer=run.pretrain_optimizer(len(x))
+    )
     return _cluster(run, model, x, y, callbacks, pretrain_seconds, initialise=True)
 
 
