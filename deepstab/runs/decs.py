@@ -38,7 +38,7 @@ from deepstab.runs.common import (
 from deepstab.runs.progress import TimeEstimate
 from deepstab.runs.settings import RunSettings, default_of, output_path, setting
 
-# Schedules. "default" is one rule for every dataset, measured on USPS and digits
+# Schedules. "default" is one rule for every dataset, measured on USPS, MNIST-test and digits
 # (docs/results.md, bench/decs_pretraining.py): pretraining is counted in Adam steps, because the
 # k-means quality of the embedding follows the steps taken whatever the batch size (32, 64 and 256
 # measured on USPS) and a step at batch 32 is the cheapest; 30,000 steps at batch 32, at most 100
