@@ -53,6 +53,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models-dir", default="bench-models")
     parser.add_argument("--results", default="bench/brb_paper.jsonl")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        help="label the data every N epochs and keep ACC/NMI/ARI and the label change rate per check "
+        "in the row's 'history' (watching only: the labels never steer training) [default: the last epoch only]",
+    )
     parser.add_argument("--table-only", action="store_true")
     return parser.parse_args()
 
@@ -82,7 +88,7 @@ def make_run(args: argparse.Namespace, row: dict) -> CentroidRun:
         seed=seed,
         models_dir=args.models_dir,
         output=f"{args.models_dir}/{method}{'-brb' if brb else ''}-{dataset}-s{seed}.keras",
-        eval_every=args.epochs,
+        eval_every=args.eval_every or args.epochs,
         verbose=0,
     )
 
@@ -98,8 +104,11 @@ def measure(args: argparse.Namespace, row: dict, data=None) -> dict:
     """One run: its row completed with the final metrics and the times."""
     start = time.perf_counter()
     result = run_centroid(make_run(args, row), data=data)
+    watched = ("acc", "nmi", "ari", "label_change")
+    history = {name: [float(v) for v in values] for name, values in result.history.items() if name in watched}
     return dict(
         row,
+        **({"eval_every": args.eval_every, "history": history} if args.eval_every else {}),
         **result.metrics,
         init_acc=result.init_metrics["acc"],
         cluster_seconds=result.cluster_seconds,
