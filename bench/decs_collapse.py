@@ -17,8 +17,8 @@ saved there), initialises the centroids with k-means, and runs the clustering st
 - ``size-prior``: the cluster-size prior (``--size-prior``) at weight 1 from the first step, the
   weight the collapse fallback switches on (not the paper's loss).
 
-After every epoch it labels all images (no augmentation) and records the cluster sizes, sorted,
-and ACC/NMI/ARI. One JSON line per run is appended to ``--results``; a run already there (same
+After epochs 1, 5, 20, 80 and the last it labels all images (no augmentation) and records the
+cluster sizes, sorted, and ACC/NMI/ARI. One JSON line per run is appended to ``--results``; a run already there (same
 dataset, seed, schedule, variant) is skipped.
 
     python bench/decs_collapse.py --dataset digits --seed 0 --variants none frozen-centroids frozen-encoder warmup
@@ -97,7 +97,7 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class Sizes(keras.callbacks.Callback):
-    """The sorted cluster sizes and the scores of the model's labels after every epoch."""
+    """The sorted cluster sizes and the scores of the model's labels after the reported epochs and the last."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray):
         super().__init__()
@@ -106,7 +106,9 @@ class Sizes(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         labels = self.model.predict_labels(self.x)
         sizes = sorted(np.bincount(labels, minlength=self.model.n_clusters).tolist())
-        self.epochs.append({"sizes": sizes, **evaluate(self.y, labels)})
+        if epoch + 1 in REPORTED_EPOCHS or epoch + 1 == self.params["epochs"]:
+            scores = {name: round(value, 4) for name, value in evaluate(self.y, labels).items()}
+            self.epochs.append({"epoch": epoch + 1, "sizes": sizes, **scores})
 
 
 def run(a, variant: str, x: np.ndarray, y: np.ndarray, weights: list) -> dict:
@@ -169,7 +171,8 @@ def table(runs: list[dict]) -> str:
     runs = sorted(runs, key=lambda r: (r["dataset"], r["pretrain_schedule"], r["seed"], order[r["variant"]]))
     for r in runs:
         name = r["variant"] + (f" ({r['warmup']} steps)" if r["warmup"] else "")
-        smallest = [str(r["epochs"][e - 1]["sizes"][0]) if e <= len(r["epochs"]) else "" for e in shown]
+        by_epoch = {record["epoch"]: record for record in r["epochs"]}
+        smallest = [str(by_epoch[e]["sizes"][0]) if e in by_epoch else "" for e in shown]
         last = r["epochs"][-1]
         lines.append(
             f"| {r['dataset']} | {r['pretrain_schedule']} | {r['seed']} | {name} "
