@@ -22,7 +22,6 @@ these small networks leaves most of the device idle. Give each process one CPU t
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import sys
@@ -35,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from device import device_name
+from results import append_result, read_results
 
 import deepstab  # noqa: F401
 from deepstab import datasets
@@ -123,8 +123,7 @@ def measure(args: argparse.Namespace, row: dict, data=None) -> dict:
 
 
 def record(args: argparse.Namespace, row: dict) -> None:
-    with open(args.results, "a") as out:
-        out.write(json.dumps(row) + "\n")
+    append_result(args.results, row)
     print(
         f"{row['dataset']} seed {row['seed']} {row['method']}{' +BRB' if row['brb'] else ''}: "
         f"ACC {row['acc']:.4f} NMI {row['nmi']:.4f} "
@@ -197,10 +196,10 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     args = parse_args()
     path = Path(args.results)
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    rows = read_results(path)
     if not args.table_only:
         run_all(args, {key(r) for r in rows})
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        rows = read_results(path)
     wanted = (
         {(r["pretrain_epochs"], r["epochs"], r["interval"]) for r in rows}
         if args.table_only

@@ -38,6 +38,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")  # deepstab runs Keras on the to
 import keras
 import numpy as np
 import torch
+from results import append_result, read_results
 
 from deepstab import datasets
 from deepstab.methods.decs import DECS
@@ -186,7 +187,7 @@ def table(runs: list[dict]) -> str:
 def main() -> None:
     a = parse()
     path = Path(a.results)
-    done = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    done = read_results(path)
     if a.table:
         print(table(done))
         return
@@ -199,8 +200,7 @@ def main() -> None:
             continue
         weights = weights or autoencoder_weights(a, x, y)
         result = run(a, variant, x, y, weights)
-        with path.open("a") as f:
-            f.write(json.dumps(result) + "\n")
+        append_result(path, result)
         print(json.dumps({k: v for k, v in result.items() if k != "epochs"} | {"last": result["epochs"][-1]}))
 
 

@@ -26,6 +26,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")  # deepstab runs Keras on the to
 import keras
 import numpy as np
 import torch
+from results import append_result, read_results
 from sklearn.metrics import adjusted_rand_score
 
 from deepstab import datasets
@@ -176,7 +177,7 @@ def table(runs: list[dict]) -> str:
 def main() -> None:
     a = parse()
     path = Path(a.results)
-    done = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    done = read_results(path)
     if a.table:
         print(table(done))
         return
@@ -185,8 +186,7 @@ def main() -> None:
         print(f"{a.name} {a.dataset} seed {a.seed}: already in {path}")
         return
     result = run(a)
-    with path.open("a") as f:
-        f.write(json.dumps(result) + "\n")
+    append_result(path, result)
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}))
 
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results import append_result, read_results
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {"byol": ["--no-stability", "--sigma", "0"], "ls": ["--no-stability"], "lfss": []}
@@ -112,7 +113,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="further options for every run, after --")
     args = parser.parse_args()
     results = Path(args.results)
-    rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    rows = read_results(results)
     if not args.table_only:
         done = {(r["dataset"], r["preset"], r["variant"], r["seed"], tuple(r["extra"])) for r in rows}
         for seed in args.seeds:  # seed-major, so a partial series compares the variants on the same seeds
@@ -121,8 +122,7 @@ def main() -> None:
                     continue
                 row = measure(args, variant, seed)
                 print(json.dumps(row), flush=True)
-                with results.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_result(results, row)
                 rows.append(row)
     print(table(rows))
 
