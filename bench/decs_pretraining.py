@@ -34,6 +34,10 @@ from deepstab.methods.decs import DECS
 from deepstab.metrics import evaluate
 from deepstab.nn.kmeans import kmeans
 from deepstab.nn.optimizers import Adam
+from deepstab.runs.settings import default_of
+
+# The DECS augmentation (shifts up to this share of the side, rotations up to these degrees).
+DECS_SHIFT, DECS_ROTATION = default_of(DECS, "shift"), default_of(DECS, "rotation")
 
 
 def parse() -> argparse.Namespace:
@@ -47,8 +51,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=0.0, help="warm-up epochs (linear from 0)")
     p.add_argument("--final-share", type=float, default=0.0, help="last learning rate as a share of --lr")
     p.add_argument("--beta2", type=float, default=0.999)
-    p.add_argument("--shift", type=float, default=0.1)
-    p.add_argument("--rotation", type=float, default=10.0)
+    p.add_argument("--shift", type=float, default=DECS_SHIFT)
+    p.add_argument("--rotation", type=float, default=DECS_ROTATION)
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -161,6 +165,10 @@ def table(runs: list[dict]) -> str:
         recipe = f"batch {r['batch']}, lr {r['lr']:g} {r['schedule']}" + (
             f", warm-up {r['warmup']:g}" if r["warmup"] else ""
         )
+        augmentation = (r.get("shift", DECS_SHIFT), r.get("rotation", DECS_ROTATION))
+        if augmentation != (DECS_SHIFT, DECS_ROTATION):
+            shift, rotation = augmentation
+            recipe += ", no augmentation" if augmentation == (0, 0) else f", shift {shift:g} rotation {rotation:g}°"
         points = r.get("points") or ([{"epoch": r["epochs"], **r}] if "final" in r else [])
         for p in points:
             init, final = p["init"], p["final"]
