@@ -53,6 +53,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--beta2", type=float, default=0.999)
     p.add_argument("--shift", type=float, default=DECS_SHIFT)
     p.add_argument("--rotation", type=float, default=DECS_ROTATION)
+    p.add_argument("--augment-from", type=int, default=0, help="pretrain without augmentation before this epoch")
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -99,7 +100,9 @@ def run(a) -> dict:
     ae.compile(optimizer=Adam(learning_rate(a, steps), beta_2=a.beta2))
     seconds, previous, curve, epoch, snapshots = 0.0, None, [], 0, {}
     while epoch < a.epochs:
-        n = min([a.eval_every, a.epochs - epoch] + [e - epoch for e in a.cluster_at if e > epoch])
+        n = min([a.eval_every, a.epochs - epoch] + [e - epoch for e in [*a.cluster_at, a.augment_from] if e > epoch])
+        late = epoch < a.augment_from  # the augmentation is off until --augment-from
+        ae.augment.shift, ae.augment.rotation = (0.0, 0.0) if late else (a.shift, a.rotation)
         start = time.perf_counter()
         h = ae.fit(x, batch_size=a.batch, epochs=epoch + n, initial_epoch=epoch, verbose=0)
         seconds += time.perf_counter() - start
@@ -120,6 +123,7 @@ def run(a) -> dict:
             snapshots[epoch] = (seconds, model.autoencoder.get_weights())
         print(json.dumps(row), flush=True)
     snapshots[a.epochs] = (seconds, model.autoencoder.get_weights())
+    ae.augment.shift, ae.augment.rotation = a.shift, a.rotation  # the clustering stage's
     points = [cluster(model, x, y, a, epoch, *snapshots[epoch]) for epoch in sorted(set(a.cluster_at) | {a.epochs})]
     return {
         **{k_: v for k_, v in vars(a).items() if k_ not in ("results", "table")},
@@ -169,6 +173,8 @@ def table(runs: list[dict]) -> str:
         if augmentation != (DECS_SHIFT, DECS_ROTATION):
             shift, rotation = augmentation
             recipe += ", no augmentation" if augmentation == (0, 0) else f", shift {shift:g} rotation {rotation:g}°"
+        if r.get("augment_from"):
+            recipe += f", augmentation from epoch {r['augment_from']}"
         points = r.get("points") or ([{"epoch": r["epochs"], **r}] if "final" in r else [])
         for p in points:
             init, final = p["init"], p["final"]
