@@ -38,7 +38,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")  # deepstab runs Keras on the to
 import keras
 import numpy as np
 import torch
-from results import append_result, read_results
+from results import append_result, recorded, series
 
 from deepstab import datasets
 from deepstab.methods.decs import DECS
@@ -187,15 +187,14 @@ def table(runs: list[dict]) -> str:
 def main() -> None:
     a = parse()
     path = Path(a.results)
-    done = read_results(path)
-    if a.table:
-        print(table(done))
+    done = series(path, table, a.table)
+    if done is None:
         return
     x, y = datasets.load(a.dataset)
     weights = None
     for variant in a.variants:
-        key = (a.dataset, a.seed, a.pretrain_schedule, variant)
-        if any((r["dataset"], r["seed"], r["pretrain_schedule"], r["variant"]) == key for r in done):
+        key = {"dataset": a.dataset, "seed": a.seed, "pretrain_schedule": a.pretrain_schedule, "variant": variant}
+        if recorded(done, **key):
             print(f"{key}: already in {path}")
             continue
         weights = weights or autoencoder_weights(a, x, y)

@@ -26,7 +26,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")  # deepstab runs Keras on the to
 import keras
 import numpy as np
 import torch
-from results import append_result, read_results
+from results import append_result, recorded, series
 from sklearn.metrics import adjusted_rand_score
 
 from deepstab import datasets
@@ -191,12 +191,11 @@ def table(runs: list[dict]) -> str:
 def main() -> None:
     a = parse()
     path = Path(a.results)
-    done = read_results(path)
-    if a.table:
-        print(table(done))
+    done = series(path, table, a.table)
+    if done is None:
         return
     a.name = a.name or f"{a.schedule}-{a.epochs}-b{a.batch}-lr{a.lr:g}"
-    if any((r["name"], r["dataset"], r["seed"]) == (a.name, a.dataset, a.seed) for r in done):
+    if recorded(done, name=a.name, dataset=a.dataset, seed=a.seed):
         print(f"{a.name} {a.dataset} seed {a.seed}: already in {path}")
         return
     result = run(a)

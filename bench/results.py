@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -23,3 +24,17 @@ def append_result(path: str | Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def recorded(rows: list[dict], **fields) -> bool:
+    """Whether a run with these field values is among ``rows`` already."""
+    return any(all(r.get(k) == v for k, v in fields.items()) for r in rows)
+
+
+def series(path: str | Path, table: Callable[[list[dict]], str], table_only: bool) -> list[dict] | None:
+    """The runs recorded in ``path``; with ``table_only``, print their ``table`` and return None."""
+    rows = read_results(path)
+    if not table_only:
+        return rows
+    print(table(rows))
+    return None
