@@ -42,11 +42,8 @@ from results import append_result, recorded, series
 
 from deepstab import datasets
 from deepstab.methods.decs import DECS
-from deepstab.methods.losses import decs_loss, size_prior
 from deepstab.metrics import evaluate
 from deepstab.nn.optimizers import Adam
-from deepstab.nn.otsu import otsu_threshold
-from deepstab.nn.steps import apply_gradients, images_of
 from deepstab.runs.common import pretrained_autoencoder
 from deepstab.runs.decs import DECSRun
 
@@ -71,20 +68,9 @@ def parse() -> argparse.Namespace:
 class InferenceThresholdDECS(DECS):
     """DECS whose Otsu threshold comes from the inference-mode q of the augmented batch."""
 
-    def train_step(self, data):
-        x = self.autoencoder.augmented(images_of(data))
+    def threshold(self, x, q):
         with torch.no_grad():
-            t = otsu_threshold(
-                self.clustering(self.autoencoder.embed_inputs(x, training=False)), self.nbins, (0.0, 1.0)
-            )
-        z = self.autoencoder.embed_inputs(x, training=True)
-        loss = decs_loss(self.clustering(z), t, self.variant, self.lam)
-        if self.size_prior_weight:
-            loss = loss + self.size_prior_weight * size_prior(self.clustering(z))
-        apply_gradients(self, loss, self._clustering_variables())
-        self.loss_tracker.update_state(loss)
-        self.threshold_tracker.update_state(t)
-        return self.get_metrics_result()
+            return super().threshold(x, self.clustering(self.autoencoder.embed_inputs(x, training=False)))
 
 
 class WarmUp(keras.optimizers.schedules.LearningRateSchedule):

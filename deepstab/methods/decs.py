@@ -130,12 +130,17 @@ class DECS(CentroidClusterer):
         variables = self.encoder.trainable_weights + self.clustering.trainable_weights
         return variables + self.autoencoder.decoder.trainable_weights if self.recon_weight else variables
 
+    def threshold(self, x, q):
+        """Eq. 7's threshold for the augmented batch ``x``: Otsu's threshold of its soft
+        assignments ``q``, a constant of the step (no gradient flows through it)."""
+        return otsu_threshold(q, self.nbins, value_range=(0.0, 1.0))
+
     def train_step(self, data):
         """One clustering iteration of DECS on an augmented batch."""
         x = self.autoencoder.augmented(images_of(data))
         z = self.autoencoder.embed_inputs(x, training=True)
         q = self.clustering(z)  # Eq. 5
-        t = otsu_threshold(q, self.nbins, value_range=(0.0, 1.0))  # constant threshold
+        t = self.threshold(x, q)
         loss = decs_loss(q, t, self.variant, self.lam)  # Eqs. 6-8
         if self.recon_weight:  # Eq. 1: L = L_r + L_c
             loss = loss + self.recon_weight * self.autoencoder.reconstruction_loss(x, z)
