@@ -54,6 +54,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--shift", type=float, default=DECS_SHIFT)
     p.add_argument("--rotation", type=float, default=DECS_ROTATION)
     p.add_argument("--augment-from", type=int, default=0, help="pretrain without augmentation before this epoch")
+    p.add_argument("--cluster-shift", type=float, help="the clustering stage's shift [default: --shift]")
+    p.add_argument("--cluster-rotation", type=float, help="the clustering stage's rotation [default: --rotation]")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay of the pretraining's Adam")
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -97,7 +100,7 @@ def run(a) -> dict:
     ae = model.autoencoder
     steps = int(np.ceil(len(x) / a.batch))
     ae.prepare(x)
-    ae.compile(optimizer=Adam(learning_rate(a, steps), beta_2=a.beta2))
+    ae.compile(optimizer=Adam(learning_rate(a, steps), beta_2=a.beta2, weight_decay=a.weight_decay or None))
     seconds, previous, curve, epoch, snapshots = 0.0, None, [], 0, {}
     while epoch < a.epochs:
         n = min([a.eval_every, a.epochs - epoch] + [e - epoch for e in [*a.cluster_at, a.augment_from] if e > epoch])
@@ -123,7 +126,7 @@ def run(a) -> dict:
             snapshots[epoch] = (seconds, model.autoencoder.get_weights())
         print(json.dumps(row), flush=True)
     snapshots[a.epochs] = (seconds, model.autoencoder.get_weights())
-    ae.augment.shift, ae.augment.rotation = a.shift, a.rotation  # the clustering stage's
+    ae.augment.shift, ae.augment.rotation = clustering_augmentation(vars(a))
     points = [cluster(model, x, y, a, epoch, *snapshots[epoch]) for epoch in sorted(set(a.cluster_at) | {a.epochs})]
     return {
         **{k_: v for k_, v in vars(a).items() if k_ not in ("results", "table")},
@@ -132,6 +135,20 @@ def run(a) -> dict:
         "points": points,
         **{k_: points[-1][k_] for k_ in ("init", "final", "collapsed", "cluster_seconds")},
     }
+
+
+def clustering_augmentation(r: dict) -> tuple[float, float]:
+    """The clustering stage's (shift, rotation) of a run's settings ``r``: the pretraining's
+    unless ``cluster_shift`` or ``cluster_rotation`` are given."""
+    shift, rotation = r.get("shift", DECS_SHIFT), r.get("rotation", DECS_ROTATION)
+    if r.get("cluster_shift") is not None:
+        shift = r["cluster_shift"]
+    return shift, rotation if r.get("cluster_rotation") is None else r["cluster_rotation"]
+
+
+def augmentation_label(shift: float, rotation: float) -> str:
+    """How the table names an augmentation."""
+    return "no augmentation" if (shift, rotation) == (0, 0) else f"shift {shift:g} rotation {rotation:g}°"
 
 
 def cluster(model: DECS, x, y, a, epoch: int, seconds: float, weights: list) -> dict:
@@ -169,12 +186,16 @@ def table(runs: list[dict]) -> str:
         recipe = f"batch {r['batch']}, lr {r['lr']:g} {r['schedule']}" + (
             f", warm-up {r['warmup']:g}" if r["warmup"] else ""
         )
+        if r.get("weight_decay"):
+            recipe += f", weight decay {r['weight_decay']:g}"
         augmentation = (r.get("shift", DECS_SHIFT), r.get("rotation", DECS_ROTATION))
+        clustering = clustering_augmentation(r)
         if augmentation != (DECS_SHIFT, DECS_ROTATION):
-            shift, rotation = augmentation
-            recipe += ", no augmentation" if augmentation == (0, 0) else f", shift {shift:g} rotation {rotation:g}°"
+            recipe += ", " + augmentation_label(*augmentation)
         if r.get("augment_from"):
             recipe += f", augmentation from epoch {r['augment_from']}"
+        if clustering != augmentation:
+            recipe += "; clustering with " + augmentation_label(*clustering)
         points = r.get("points") or ([{"epoch": r["epochs"], **r}] if "final" in r else [])
         for p in points:
             init, final = p["init"], p["final"]
