@@ -18,8 +18,9 @@ saved there), initialises the centroids with k-means, and runs the clustering st
   weight the collapse fallback switches on (not the paper's loss).
 
 After epochs 1, 5, 20, 80 and the last it labels all images (no augmentation) and records the
-cluster sizes, sorted, and ACC/NMI/ARI. One JSON line per run is appended to ``--results``; a run already there (same
-dataset, seed, schedule, variant) is skipped.
+cluster sizes, sorted, ACC/NMI/ARI, and the true classes of the images in the cluster that
+k-means made smallest. One JSON line per run is appended to ``--results``; a run already there
+(same dataset, seed, schedule, variant) is skipped.
 
     python bench/decs_collapse.py --dataset digits --seed 0 --variants none frozen-centroids frozen-encoder warmup
     python bench/decs_collapse.py --table --results docs/data/decs_collapse.jsonl
@@ -84,18 +85,35 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class Sizes(keras.callbacks.Callback):
-    """The sorted cluster sizes and the scores of the model's labels after the reported epochs and the last."""
+    """The sorted cluster sizes and the scores of the model's labels after the reported epochs and
+    the last, and the true classes of the images in the cluster that k-means made smallest."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray):
+    def __init__(self, x: np.ndarray, y: np.ndarray, tracked: int):
         super().__init__()
-        self.x, self.y, self.epochs = x, y, []
+        self.x, self.y, self.tracked, self.epochs = x, y, tracked, []
 
     def on_epoch_end(self, epoch, logs=None):
         labels = self.model.predict_labels(self.x)
         sizes = sorted(np.bincount(labels, minlength=self.model.n_clusters).tolist())
         if epoch + 1 in REPORTED_EPOCHS or epoch + 1 == self.params["epochs"]:
             scores = {name: round(value, 4) for name, value in evaluate(self.y, labels).items()}
-            self.epochs.append({"epoch": epoch + 1, "sizes": sizes, **scores})
+            record = {"epoch": epoch + 1, "sizes": sizes, **scores}
+            self.epochs.append(record | {"tracked_classes": classes(self.y[labels == self.tracked])})
+
+
+def classes(y: np.ndarray) -> dict[str, int]:
+    """How many of the labels ``y`` each class has, largest first (JSON keys)."""
+    values, counts = np.unique(y, return_counts=True)
+    return {str(v): int(c) for c, v in sorted(zip(counts, values), reverse=True)}
+
+
+def described(counts: dict[str, int] | None) -> str:
+    """``counts`` of :func:`classes` as "54 1s, 21 9s" (its two largest classes)."""
+    if counts is None:
+        return ""
+    if not counts:
+        return "none"
+    return ", ".join(f"{n} {label}s" for label, n in list(counts.items())[:2])
 
 
 def run(a, variant: str, x: np.ndarray, y: np.ndarray, weights: list) -> dict:
@@ -106,12 +124,13 @@ def run(a, variant: str, x: np.ndarray, y: np.ndarray, weights: list) -> dict:
     model = kind(len(np.unique(y)), x.shape[1:], size_prior=prior, on_collapse="warn")
     model.autoencoder.set_weights(weights)
     init = model.initialize_centroids(x, seed=a.seed)
+    smallest = int(np.argmin(np.bincount(init, minlength=model.n_clusters)))
     if variant == "frozen-centroids":
         model.clustering.trainable = False
     if variant == "frozen-encoder":
         model.encoder.trainable = False
     model.compile(optimizer=Adam(WarmUp(settings.lr, a.warmup) if variant == "warmup" else settings.lr))
-    sizes = Sizes(x, y)
+    sizes = Sizes(x, y, smallest)
     start = time.perf_counter()
     shuffle = variant != "unshuffled"
     model.fit(x, batch_size=settings.batch_size, epochs=a.epochs, callbacks=[sizes], shuffle=shuffle, verbose=0)
@@ -121,7 +140,11 @@ def run(a, variant: str, x: np.ndarray, y: np.ndarray, weights: list) -> dict:
         "pretrain_schedule": a.pretrain_schedule,
         "variant": variant,
         "warmup": a.warmup if variant == "warmup" else 0,
-        "init": {"sizes": sorted(np.bincount(init, minlength=model.n_clusters).tolist()), **evaluate(y, init)},
+        "init": {
+            "sizes": sorted(np.bincount(init, minlength=model.n_clusters).tolist()),
+            "tracked_classes": classes(y[init == smallest]),
+            **evaluate(y, init),
+        },
         "epochs": sizes.epochs,
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -151,8 +174,8 @@ def table(runs: list[dict]) -> str:
     lines = [
         "| dataset | pretraining | seed | variant | k-means ACC (smallest cluster) | "
         + " | ".join(f"smallest after epoch {e}" for e in shown)
-        + " | clusters left | final ACC / NMI / ARI |",
-        "|---|---|---|---|---|" + "---|" * len(shown) + "---|---|",
+        + " | clusters left | final ACC / NMI / ARI | k-means's smallest cluster holds (start → epoch 1 → 5) |",
+        "|---|---|---|---|---|" + "---|" * len(shown) + "---|---|---|",
     ]
     order = {variant: i for i, variant in enumerate(VARIANTS)}
     runs = sorted(runs, key=lambda r: (r["dataset"], r["pretrain_schedule"], r["seed"], order[r["variant"]]))
@@ -161,11 +184,15 @@ def table(runs: list[dict]) -> str:
         by_epoch = {record["epoch"]: record for record in r["epochs"]}
         smallest = [str(by_epoch[e]["sizes"][0]) if e in by_epoch else "" for e in shown]
         last = r["epochs"][-1]
+        path = [r["init"].get("tracked_classes")] + [by_epoch.get(e, {}).get("tracked_classes") for e in (1, 5)]
+        tracked = " → ".join(described(c) for c in path) if path[0] is not None else ""
         lines.append(
             f"| {r['dataset']} | {r['pretrain_schedule']} | {r['seed']} | {name} "
             f"| {r['init']['acc']:.4f} ({r['init']['sizes'][0]}) | "
             + " | ".join(smallest)
-            + f" | {sum(s > 0 for s in last['sizes'])} | {last['acc']:.4f} / {last['nmi']:.4f} / {last['ari']:.4f} |"
+            + f" | {sum(s > 0 for s in last['sizes'])} | {last['acc']:.4f} / {last['nmi']:.4f} / {last['ari']:.4f} | "
+            + tracked
+            + " |"
         )
     return "\n".join(lines)
 
