@@ -44,13 +44,22 @@ def test_decs_trains_saves_model_and_labels(trained, tmp_path):
     assert all(0 <= int(r["cluster"]) < 3 for r in rows)
 
 
-def test_decs_reuses_the_pretrained_autoencoder(trained, tmp_path, blobs_npz):
+def test_decs_reuses_the_pretrained_autoencoder_and_goes_on_as_the_run_that_pretrained_it(trained, tmp_path, blobs_npz):
     out, _ = trained
+    other = tmp_path / "other.keras"
     again = invoke(
-        "decs", "--dataset", f"npz:{blobs_npz}", *QUICK, "--output", out, "--models-dir", tmp_path / "models"
+        "decs", "--dataset", f"npz:{blobs_npz}", *QUICK, "--output", other, "--models-dir", tmp_path / "models"
     )
     assert again.exit_code == 0, again.output
     assert "Reusing the pretrained autoencoder" in again.output
+    # The same batches and augmentations as the first run: the same labels and confidences.
+    assert other.with_suffix(".csv").read_text() == out.with_suffix(".csv").read_text()
+    (state,) = (tmp_path / "models").glob("decs-ae-blobs-*.rng.npz")
+    state.write_bytes(b"damaged")
+    damaged = invoke(
+        "decs", "--dataset", f"npz:{blobs_npz}", *QUICK, "--output", other, "--models-dir", tmp_path / "models"
+    )
+    assert_clean_error(damaged, "the random state saved with the pretrained autoencoder beside it, cannot be read")
 
 
 def test_predict_writes_labels_and_metrics(trained, tmp_path, blobs_npz):

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +16,9 @@ import keras
 import numpy as np
 
 from deepstab import checks, datasets
-from deepstab.checkpoint import Checkpoint
+from deepstab.checkpoint import Checkpoint, random_state, set_random_state
 from deepstab.errors import DeepstabError
-from deepstab.io import check_model_path, load_model, output_lock, save_model, writable_folder
+from deepstab.io import atomic_path, check_model_path, load_model, output_lock, save_model, writable_folder
 from deepstab.methods.base import CentroidClusterer
 from deepstab.runs.progress import TimeEstimate
 
@@ -59,6 +60,24 @@ def autoencoder_path(run, prefix: str, x: np.ndarray, settings: dict) -> Path:
     return Path(run.models_dir) / f"{prefix}-{run.slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.keras"
 
 
+def random_state_path(path: Path) -> Path:
+    """Beside the autoencoder saved at ``path``, the random state its pretraining left."""
+    return path.with_suffix(".rng.npz")
+
+
+def restore_random_state(model: CentroidClusterer, path: Path) -> None:
+    """Put back the random state saved at ``path`` (see :func:`pretrained_autoencoder`)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            set_random_state(model, {key: archive[key] for key in archive.files})
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise DeepstabError(
+            f"{path}, the random state saved with the pretrained autoencoder beside it, cannot be read "
+            f"({type(exc).__name__}). Delete it to reuse the autoencoder without it (the run then draws other "
+            f"batches than the run that pretrained it), or delete both to pretrain again."
+        ) from exc
+
+
 def checkpoint_folder(path: Path) -> Path:
     """The hidden folder beside ``path`` (a model file) that holds its run's checkpoint."""
     return path.parent / f".checkpoint-{path.name}"
@@ -76,7 +95,12 @@ def pretrained_autoencoder(
     """Load the autoencoder saved at ``path`` into ``model.autoencoder``, or pretrain it for
     ``epochs`` (default ``run.pretrain_epochs``; resumable through a checkpoint beside ``path``)
     with ``optimizer`` (default ``run.optimizer()``) and save it there; return the seconds spent.
-    ``run`` gives ``pretrain_batch_size``, ``optimizer()``, ``fresh`` and ``verbose``."""
+    ``run`` gives ``pretrain_batch_size``, ``optimizer()``, ``fresh`` and ``verbose``.
+
+    Invariant: the run that reuses a saved autoencoder goes on exactly as the run that pretrained
+    it: the random state the pretraining left (:func:`~deepstab.checkpoint.random_state`) is saved
+    beside it (:func:`random_state_path`) and put back with it. Autoencoders saved without it are
+    reused with the random state as it is."""
     epochs = run.pretrain_epochs if epochs is None else epochs
     if path.exists():
         saved = load_model(path, expect=type(model.autoencoder))
@@ -86,6 +110,8 @@ def pretrained_autoencoder(
                 f"size than this run ({model.autoencoder.image_shape}). Delete it or use another --models-dir."
             )
         model.autoencoder.set_weights(saved.get_weights())
+        if random_state_path(path).exists():
+            restore_random_state(model, random_state_path(path))
         print(f"Reusing the pretrained autoencoder {path}")
         return 0.0
     print(f"Pretraining the {what}: {epochs} epochs, batch {run.pretrain_batch_size}")
@@ -105,6 +131,8 @@ def pretrained_autoencoder(
         )
         seconds = time.perf_counter() - start
         save_model(model.autoencoder, path)
+        with atomic_path(random_state_path(path)) as partial:
+            np.savez(partial, **random_state(model))
         checkpoint.remove()
     return seconds
 
