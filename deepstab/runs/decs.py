@@ -163,7 +163,8 @@ class DECSRun(RunSettings):
     )
     eval_every: int = setting(
         10,
-        "Print ACC/NMI/ARI every N epochs when labels exist (reporting only).",
+        "Print ACC/NMI/ARI every N epochs when labels exist (the labels never steer training, but each "
+        "check advances torch's random generator and so changes the order of the later batches).",
         check=checks.positive_int,
         training=False,
     )
