@@ -124,7 +124,8 @@ def run(a, variant: str, x: np.ndarray, y: np.ndarray, weights: list) -> dict:
     model = kind(len(np.unique(y)), x.shape[1:], size_prior=prior, on_collapse="warn")
     model.autoencoder.set_weights(weights)
     init = model.initialize_centroids(x, seed=a.seed)
-    smallest = int(np.argmin(np.bincount(init, minlength=model.n_clusters)))
+    init_sizes = np.bincount(init, minlength=model.n_clusters)
+    smallest = int(np.argmin(init_sizes))
     if variant == "frozen-centroids":
         model.clustering.trainable = False
     if variant == "frozen-encoder":
@@ -141,7 +142,7 @@ def run(a, variant: str, x: np.ndarray, y: np.ndarray, weights: list) -> dict:
         "variant": variant,
         "warmup": a.warmup if variant == "warmup" else 0,
         "init": {
-            "sizes": sorted(np.bincount(init, minlength=model.n_clusters).tolist()),
+            "sizes": sorted(init_sizes.tolist()),
             "tracked_classes": classes(y[init == smallest]),
             **evaluate(y, init),
         },

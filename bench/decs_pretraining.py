@@ -140,10 +140,11 @@ def run(a) -> dict:
 def clustering_augmentation(r: dict) -> tuple[float, float]:
     """The clustering stage's (shift, rotation) of a run's settings ``r``: the pretraining's
     unless ``cluster_shift`` or ``cluster_rotation`` are given."""
-    shift, rotation = r.get("shift", DECS_SHIFT), r.get("rotation", DECS_ROTATION)
-    if r.get("cluster_shift") is not None:
-        shift = r["cluster_shift"]
-    return shift, rotation if r.get("cluster_rotation") is None else r["cluster_rotation"]
+    shift, rotation = r.get("cluster_shift"), r.get("cluster_rotation")
+    return (
+        r.get("shift", DECS_SHIFT) if shift is None else shift,
+        r.get("rotation", DECS_ROTATION) if rotation is None else rotation,
+    )
 
 
 def augmentation_label(shift: float, rotation: float) -> str:

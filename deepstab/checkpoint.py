@@ -97,7 +97,7 @@ class Checkpoint(keras.callbacks.Callback):
         with atomic_path(self.folder / WEIGHTS) as partial:
             model.save_weights(partial)
         state = model.training_state() if hasattr(model, "training_state") else {}
-        state |= generator_states(model)
+        state |= _generator_states(model)
         with atomic_path(self.folder / STATE) as partial:
             np.savez(partial, **state)
         with atomic_path(self.folder / METADATA) as partial:
@@ -157,7 +157,7 @@ class Checkpoint(keras.callbacks.Callback):
                 state = {key: archive[key] for key in archive.files}
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
             raise self._damaged(f"its files are unreadable ({type(exc).__name__}: {str(exc)[:120]})") from exc
-        set_generator_states(model, state)
+        _set_generator_states(model, state)
         if hasattr(model, "restore_training_state"):
             model.restore_training_state({k: v for k, v in state.items() if not k.startswith("rng_")})
         return epoch
@@ -167,12 +167,12 @@ class Checkpoint(keras.callbacks.Callback):
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def generator_states(model: keras.Model) -> dict[str, np.ndarray]:
+def _generator_states(model: keras.Model) -> dict[str, np.ndarray]:
     """The states of ``model``'s seed generators, as ``rng_<i>`` arrays."""
     return {f"rng_{i}": np.asarray(v.value.cpu()) for i, v in enumerate(_random_states(model))}
 
 
-def set_generator_states(model: keras.Model, state: dict[str, np.ndarray]) -> None:
+def _set_generator_states(model: keras.Model, state: dict[str, np.ndarray]) -> None:
     """Put back the seed-generator states of :func:`generator_states` (those ``state`` has)."""
     for i, variable in enumerate(_random_states(model)):
         if f"rng_{i}" in state:
@@ -189,7 +189,7 @@ def random_state(model: keras.Model) -> dict[str, np.ndarray]:
         "numpy_keys": keys,
         "numpy_position": np.array([position, has_gauss], np.int64),
         "numpy_gauss": np.array(gauss, np.float64),
-        **generator_states(model),
+        **_generator_states(model),
     }
 
 
@@ -199,7 +199,7 @@ def set_random_state(model: keras.Model, state: dict[str, np.ndarray]) -> None:
     position, has_gauss = (int(v) for v in state["numpy_position"])
     keys, gauss = np.asarray(state["numpy_keys"], np.uint32), float(state["numpy_gauss"])
     np.random.set_state(("MT19937", keys, position, has_gauss, gauss))
-    set_generator_states(model, state)
+    _set_generator_states(model, state)
 
 
 def _random_states(model: keras.Model) -> list:

@@ -110,8 +110,9 @@ def pretrained_autoencoder(
                 f"size than this run ({model.autoencoder.image_shape}). Delete it or use another --models-dir."
             )
         model.autoencoder.set_weights(saved.get_weights())
-        if random_state_path(path).exists():
-            restore_random_state(model, random_state_path(path))
+        state = random_state_path(path)
+        if state.exists():
+            restore_random_state(model, state)
         print(f"Reusing the pretrained autoencoder {path}")
         return 0.0
     print(f"Pretraining the {what}: {epochs} epochs, batch {run.pretrain_batch_size}")
