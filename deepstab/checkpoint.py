@@ -173,7 +173,7 @@ def _generator_states(model: keras.Model) -> dict[str, np.ndarray]:
 
 
 def _set_generator_states(model: keras.Model, state: dict[str, np.ndarray]) -> None:
-    """Put back the seed-generator states of :func:`generator_states` (those ``state`` has)."""
+    """Put back the seed-generator states of :func:`_generator_states` (those ``state`` has)."""
     for i, variable in enumerate(_random_states(model)):
         if f"rng_{i}" in state:
             variable.assign(state[f"rng_{i}"])
