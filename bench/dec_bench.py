@@ -32,15 +32,15 @@ from deepstab.nn.optimizers import Adam
 
 
 def keras_rate(method: str, x: np.ndarray, batch: int, repeats: int) -> float:
-    model = METHODS[method](10, x.shape[1:])
+    model = METHODS[method](10, x.shape[1:], seed=0)
     model.autoencoder.prepare(x)
-    model.initialize_centroids(x[:2048], n_init=1, seed=0)
+    model.initialize_centroids(x[:2048], n_init=1)
     model.compile(optimizer=Adam(1e-3, epsilon=1e-8))  # what the dec/idec/dcn commands use
-    model.fit(x[: 2 * batch], batch_size=batch, epochs=1, verbose=0, seed=0)  # warm-up
+    model.fit(x[: 2 * batch], batch_size=batch, epochs=1, verbose=0)  # warm-up
     best = 0.0
     for _ in range(repeats):
         start = clock()
-        model.fit(x, batch_size=batch, epochs=1, verbose=0, seed=0)
+        model.fit(x, batch_size=batch, epochs=1, verbose=0)
         best = max(best, (len(x) // batch) * batch / (clock() - start))
     return best
 

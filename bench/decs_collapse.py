@@ -121,9 +121,9 @@ def run(a, variant: str, x: np.ndarray, y: np.ndarray, weights: list) -> dict:
     keras.utils.set_random_seed(a.seed)
     prior = 1.0 if variant == "size-prior" else 0.0
     kind = InferenceThresholdDECS if variant == "authors-threshold" else DECS
-    model = kind(len(np.unique(y)), x.shape[1:], size_prior=prior, on_collapse="warn")
+    model = kind(len(np.unique(y)), x.shape[1:], size_prior=prior, on_collapse="warn", seed=a.seed)
     model.autoencoder.set_weights(weights)
-    init = model.initialize_centroids(x, seed=a.seed)
+    init = model.initialize_centroids(x)
     init_sizes = np.bincount(init, minlength=model.n_clusters)
     smallest = int(np.argmin(init_sizes))
     if variant == "frozen-centroids":
@@ -156,7 +156,7 @@ def autoencoder_weights(a, x: np.ndarray, y: np.ndarray) -> list:
     settings = DECSRun(dataset=a.dataset, seed=a.seed, pretrain_schedule=a.pretrain_schedule, models_dir=a.models_dir)
     settings.resolve()
     keras.utils.set_random_seed(a.seed)
-    model = DECS(len(np.unique(y)), x.shape[1:])
+    model = DECS(len(np.unique(y)), x.shape[1:], seed=a.seed)
     path = settings.autoencoder_path(x, model)
     pretrained_autoencoder(
         settings,

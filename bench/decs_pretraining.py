@@ -96,7 +96,7 @@ def run(a) -> dict:
     keras.utils.set_random_seed(a.seed)
     x, y = datasets.load(a.dataset)
     k = len(np.unique(y))
-    model = DECS(k, x.shape[1:], shift=a.shift, rotation=a.rotation)
+    model = DECS(k, x.shape[1:], shift=a.shift, rotation=a.rotation, seed=a.seed)
     ae = model.autoencoder
     steps = int(np.ceil(len(x) / a.batch))
     ae.prepare(x)
@@ -159,7 +159,7 @@ def cluster(model: DECS, x, y, a, epoch: int, seconds: float, weights: list) -> 
     model.size_prior_weight = 0.0  # a collapse fallback of an earlier point switched it on
     keras.utils.set_random_seed(a.seed)
     start = time.perf_counter()
-    init = model.initialize_centroids(x, seed=a.seed)
+    init = model.initialize_centroids(x)
     model.compile(optimizer=Adam(1e-3))
     model.fit(x, batch_size=256, epochs=int(np.ceil(a.cluster_iters / np.ceil(len(x) / 256))), verbose=0)
     guard = model.collapse_guard

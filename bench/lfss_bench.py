@@ -12,6 +12,7 @@ time from the start of one batch to the start of the next, median over the timed
     python bench/lfss_bench.py --width 0.25 --steps 16
     python bench/lfss_bench.py --malloc tuned       # both sides with large blocks kept on the heap
     python bench/lfss_bench.py --malloc deepstab    # the same set by deepstab.allocator, as the CLI does
+    python bench/lfss_bench.py --malloc library     # Keras side: LFSSModel.fit as a script calls it, nothing set
 """
 
 from __future__ import annotations
@@ -92,16 +93,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="processes per side, alternating; medians reported")
     parser.add_argument(
         "--malloc",
-        choices=["default", "tuned", "deepstab"],
+        choices=["default", "tuned", "deepstab", "library"],
         default="default",
-        help="glibc's allocator as it comes, tuned for both sides by environment "
+        help="glibc's allocator as it comes (DEEPSTAB_MALLOC=default), tuned for both sides by environment "
         f"({' '.join(f'{k}={v}' for k, v in TUNED_MALLOC.items())}: large tensors stay on the heap), "
-        "or both sides calling deepstab.allocator.keep_large_blocks() at start, as the command line does",
+        "both sides calling deepstab.allocator.keep_large_blocks() at start, as the command line does, or "
+        "'library': the Keras side sets nothing (LFSSModel.fit sets it), the PyTorch side as 'deepstab'",
     )
     parser.add_argument("--side", choices=["keras", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        if args.malloc == "deepstab":  # the module alone: the PyTorch side does not import Keras
+        if args.malloc == "deepstab" or (args.malloc == "library" and args.side == "torch"):
+            # the module alone: the PyTorch side does not import Keras
             path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deepstab", "allocator.py")
             spec = importlib.util.spec_from_file_location("allocator", path)
             allocator = importlib.util.module_from_spec(spec)
@@ -117,6 +120,8 @@ def main() -> None:
     from device import device_name
 
     env = {**os.environ, **(TUNED_MALLOC if args.malloc == "tuned" else {})}
+    if args.malloc in ("default", "tuned"):  # LFSSModel.fit would set the allocator itself
+        env["DEEPSTAB_MALLOC"] = "default"
     runs: dict[str, list[dict]] = {"keras": [], "torch": []}
     for _, side in itertools.product(range(args.repeats), ("keras", "torch")):
         command = [

@@ -10,7 +10,13 @@ attempt starts a new run. After the last kill the run is let finish, and checked
 - the labels CSV holds one row per image;
 - no temporary file (``.part-``), lock or checkpoint is left behind;
 - no run started again from scratch: across the attempts of one run, each stage ran at most
-  its epochs plus one per kill (a kill loses at most the epoch in progress).
+  its epochs plus one per kill (a kill loses at most the epoch in progress);
+- its labels CSV (labels and confidences) is byte-identical to that of the same command run
+  once without interruption: a killed and resumed run ends as the uninterrupted one.
+
+It prints a table with a row per kill (when it landed, in which stage and epoch, whether the next
+attempt resumed rather than started over, and whether the run it belonged to ended identical),
+as markdown with ``--markdown``.
 
     python bench/soak.py --kills 20                # DECS and LFSS, 20 kills each
     python bench/soak.py --methods decs --kills 5
@@ -84,7 +90,28 @@ def epochs_run(outputs: list[str], method: str) -> dict[str, int]:
     return counts
 
 
-def check(method: str, work: Path, outputs: list[str], kills: int, n_images: int) -> list[str]:
+def last_epoch(output: str, method: str) -> str:
+    """The stage and epoch an attempt had reached when it ended (``"start-up"`` before any)."""
+    where, stage = "start-up", None
+    for line in output.splitlines():
+        stage = next((s for s in STAGES[method] if line.startswith(s)), stage)
+        found = re.match(r"Epoch (\d+/\d+)", line)
+        if stage and found:
+            where = f"{stage.lower()} {found.group(1)}"
+        if line.startswith("Saved the model"):
+            where = "saving"
+    return where
+
+
+def resumed(output: str, method: str) -> bool:
+    """Whether an attempt went on from a checkpoint: its first epoch line is not epoch 1 of the
+    first stage, or it reused the pretrained autoencoder."""
+    first = re.search(r"Epoch (\d+)/\d+", output)
+    reused = "Reusing the pretrained autoencoder" in output
+    return bool(reused or (first and first.group(1) != "1") or (method == "decs" and "Pretraining" not in output))
+
+
+def check(method: str, work: Path, outputs: list[str], kills: int, n_images: int, reference: str) -> list[str]:
     """What is wrong with the finished run's results (nothing: an empty list)."""
     import deepstab  # noqa: F401  (selects the torch backend)
     from deepstab import datasets
@@ -111,33 +138,66 @@ def check(method: str, work: Path, outputs: list[str], kills: int, n_images: int
     for stage, count in epochs_run(outputs, method).items():
         if count > limit[stage] + kills:
             problems.append(f"{stage} ran {count} epochs for {limit[stage]} and {kills} kills: it restarted")
+    if out.with_suffix(".csv").exists() and out.with_suffix(".csv").read_text() != reference:
+        problems.append("its labels differ from the uninterrupted run's")
     return problems
+
+
+def uninterrupted(command: list[str], folder: Path) -> str:
+    """The labels CSV of ``command`` run once without a kill, in ``folder``."""
+    output, _ = attempt([*command, "--output", str(folder / "model.keras"), "--models-dir", str(folder)], None)
+    if "Saved the model" not in output:
+        sys.exit(f"the uninterrupted run failed:\n{output[-1500:]}")
+    return (folder / "model.csv").read_text()
 
 
 def soak(method: str, kills: int, folder: Path, rng: random.Random, data: Path) -> dict:
     work = folder / method
     command = [sys.executable, str(ROOT / "cli.py"), method, "--dataset", f"npz:{data}", *COMMANDS[method]]
+    reference = uninterrupted(command, folder / f"{method}-uninterrupted")
     command += ["--output", str(work / "model.keras"), "--models-dir", str(work)]
-    landed, runs, problems, outputs, run_kills = 0, 0, [], [], 0
+    landed, runs, problems, outputs, run_kills, rows, pending = 0, 0, [], [], 0, [], []
     while True:
         finishing = landed >= kills
-        output, killed = attempt(command, None if finishing else rng.uniform(4.0, 30.0))
+        delay = None if finishing else rng.uniform(4.0, 30.0)
+        output, killed = attempt(command, delay)
+        if pending:  # the attempt after a kill: did it go on from the checkpoint?
+            pending[-1]["resumed"] = resumed(output, method)
         outputs.append(output)
         if killed:
             landed += 1
             run_kills += 1
+            saved = any(work.glob(".checkpoint-*")) or any(work.glob("*-ae-*.keras"))  # anything to go on from
+            row = {"kill": landed, "run": runs + 1, "seconds": round(delay, 1), "where": last_epoch(output, method)}
+            row["saved"] = saved
+            rows.append(row)
+            pending.append(row)
             continue
         if "Saved the model" not in output:
             problems.append(f"an attempt failed:\n{output[-1500:]}")
             break
         runs += 1
-        found = check(method, work, outputs, run_kills, 240)
+        found = check(method, work, outputs, run_kills, 240, reference)
         problems += [f"run {runs}: {p}" for p in found]
+        for row in pending:
+            row["identical"] = not any("differ from the uninterrupted" in p for p in found)
+        pending = []
         if finishing:
             break
         shutil.rmtree(work)  # the run finished before a kill: the next attempt starts a new run
         outputs, run_kills = [], 0
-    return {"method": method, "kills": landed, "runs": runs, "problems": problems}
+    return {"method": method, "kills": landed, "runs": runs, "problems": problems, "rows": rows}
+
+
+def kill_table(method: str, rows: list[dict]) -> str:
+    """A markdown row per kill."""
+    lines = ["| method | kill | run | after s | reached | next attempt | final labels identical |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for r in rows:
+        went_on = "resumed" if r.get("resumed") else "started over" + (" (nothing saved yet)" if not r["saved"] else "")
+        same = "yes" if r.get("identical") else "no"
+        lines.append(f"| {method} | {r['kill']} | {r['run']} | {r['seconds']} | {r['where']} | {went_on} | {same} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -145,6 +205,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["decs", "lfss"], choices=sorted(COMMANDS))
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--markdown", action="store_true", help="also print the table of kills as markdown")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="deepstab-soak-") as tmp:
@@ -160,6 +221,8 @@ def main() -> None:
             )
             for problem in result["problems"]:
                 print(f"  - {problem}")
+            if args.markdown:
+                print(kill_table(method, result["rows"]), flush=True)
         print(f"({time.time() - start:.0f} s)")
 
 

@@ -32,6 +32,7 @@ elif os.environ.setdefault("KERAS_BACKEND", "torch") != "torch":
     )
 
 from deepstab import datasets
+from deepstab.analysis.progress import LabelMetrics
 from deepstab.analysis.tracker import SampleStabilityTracker
 from deepstab.errors import DeepstabError
 from deepstab.io import load_model, save_model
@@ -60,6 +61,7 @@ __all__ = [
     "ConvAutoencoder",
     "DeepstabError",
     "DenseAutoencoder",
+    "LabelMetrics",
     "LFSSModel",
     "SampleStabilityTracker",
     "cluster_accuracy",

@@ -9,7 +9,8 @@ the process, what the environment variables ``MALLOC_MMAP_THRESHOLD_`` and
 ``MALLOC_TRIM_THRESHOLD_`` set at its start: blocks up to 32 MiB come from the heap, and up to
 2 GiB of freed memory stays there for the next step (the resident size stays near its peak, as
 with jemalloc or tcmalloc).
-The command line calls it at start unless ``DEEPSTAB_MALLOC=default``.
+Every model's ``fit`` (and ``pretrain``) calls it, and so does the command line at start, unless
+``DEEPSTAB_MALLOC=default``: a script gets the command line's speed without doing anything.
 """
 
 from __future__ import annotations

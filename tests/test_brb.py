@@ -29,7 +29,7 @@ def _trained(cls, x, epochs=1, **kwargs):
     model = cls(3, (8, 8, 1), **SMALL, **kwargs)
     model.autoencoder.prepare(x)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    model.fit(x, epochs=epochs, batch_size=32, verbose=0, seed=0)
+    model.fit(x, epochs=epochs, batch_size=32, verbose=0)
     return model
 
 
@@ -101,7 +101,7 @@ def test_callback_fires_exactly_every_interval(x):
     counts_after_reset = []
     original = model.set_centroids
     model.set_centroids = lambda c: (original(c), counts_after_reset.append(np_(model.counts).copy()))
-    history = model.fit(x, epochs=7, batch_size=32, verbose=0, callbacks=[callback], seed=0).history
+    history = model.fit(x, epochs=7, batch_size=32, verbose=0, callbacks=[callback]).history
     assert callback.reset_epochs == [3, 6] and callback.seconds > 0
     assert history["brb"] == [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0]
     assert all(np.allclose(c, 100.0) for c in counts_after_reset)  # DCN's counts restart
@@ -145,7 +145,7 @@ def test_dec_target_follows_the_reclustered_centroids(x):
     original, set_centroids = model.refresh_target, model.set_centroids
     model.refresh_target = lambda data: (original(data), seen.append(np.array(np_(model.clustering.centroids))))
     model.set_centroids = lambda c: (set_centroids(c), reclustered.append(np.array(c)))
-    model.fit(x, epochs=3, batch_size=32, verbose=0, callbacks=[callback], seed=0)
+    model.fit(x, epochs=3, batch_size=32, verbose=0, callbacks=[callback])
     assert callback.reset_epochs == [2] and len(seen) == 3 and len(reclustered) == 1
     # The target of epoch 2 was computed from the centroids of the re-clustering, not the old ones.
     np.testing.assert_allclose(seen[2], reclustered[0], rtol=1e-6)

@@ -54,12 +54,6 @@ def test_decs_reuses_the_pretrained_autoencoder_and_goes_on_as_the_run_that_pret
     assert "Reusing the pretrained autoencoder" in again.output
     # The same batches and augmentations as the first run: the same labels and confidences.
     assert other.with_suffix(".csv").read_text() == out.with_suffix(".csv").read_text()
-    (state,) = (tmp_path / "models").glob("decs-ae-blobs-*.rng.npz")
-    state.write_bytes(b"damaged")
-    damaged = invoke(
-        "decs", "--dataset", f"npz:{blobs_npz}", *QUICK, "--output", other, "--models-dir", tmp_path / "models"
-    )
-    assert_clean_error(damaged, "the random state saved with the pretrained autoencoder beside it, cannot be read")
 
 
 def test_predict_writes_labels_and_metrics(trained, tmp_path, blobs_npz):

@@ -224,7 +224,7 @@ def test_channel_standardisation_is_the_authors_z_score(blobs):
 
 def test_brb_reclusters_on_the_first_images_by_default(blobs):
     x, _ = blobs
-    assert (BRB(x, subsample=50)._draws()[1] == np.arange(50)).all()
+    assert (BRB(x, subsample=50, seed=0)._draws()[1] == np.arange(50)).all()
     random = BRB(x, subsample=50, subsample_order="random", seed=0)._draws()[1]
     assert len(random) == 50 and not (random == np.arange(50)).all()
 
@@ -241,7 +241,7 @@ def test_each_method_clusters_separable_data(blobs, cls):
     model = cls(3, (8, 8, 1), **SMALL)
     model.pretrain(x, epochs=20, batch_size=32, optimizer=keras.optimizers.Adam(1e-2), verbose=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    history = model.fit(x, epochs=3, batch_size=32, verbose=0, seed=0).history
+    history = model.fit(x, epochs=3, batch_size=32, verbose=0).history
     assert np.isfinite(history["loss"]).all()
     assert evaluate(y, model.predict_labels(x))["acc"] > 0.9
 
@@ -261,7 +261,7 @@ def test_only_the_right_variables_learn(blobs):
     dcn.compile(optimizer="adam")
     dcn.initialize_centroids(x, seed=0)
     before = np_(dcn.clustering.centroids).copy()
-    dcn.fit(x, epochs=1, batch_size=32, verbose=0, seed=0)
+    dcn.fit(x, epochs=1, batch_size=32, verbose=0)
     assert not np.allclose(np_(dcn.clustering.centroids), before)  # moved by the epoch-end pass
 
 
@@ -271,7 +271,7 @@ def test_deepstab_options_of_earlier_versions(blobs):
     model.autoencoder.prepare(x)
     model.compile(optimizer="adam")
     model.initialize_centroids(x, seed=0)
-    model.fit(x, epochs=1, batch_size=32, verbose=0, seed=0)
+    model.fit(x, epochs=1, batch_size=32, verbose=0)
     assert np_(model.counts).sum() == pytest.approx(300.0 + 96)  # every sample of every step counted
     dec = DEC(3, (8, 8, 1), target="dataset", target_interval=2, **SMALL)
     dec.autoencoder.prepare(x)
@@ -279,7 +279,7 @@ def test_deepstab_options_of_earlier_versions(blobs):
     refreshed = []
     original = dec.refresh_target
     dec.refresh_target = lambda data: (refreshed.append(len(data)), original(data))
-    dec.fit(x, epochs=5, batch_size=32, verbose=0, seed=0)
+    dec.fit(x, epochs=5, batch_size=32, verbose=0)
     assert len(refreshed) == 3  # epochs 0, 2, 4
     np.testing.assert_allclose(np_(dec.target).sum(1), 1.0, rtol=1e-5)
 
@@ -290,7 +290,7 @@ def test_save_load_round_trip(blobs, tmp_path, cls):
     model = cls(3, (8, 8, 1), hidden=(16, 8))  # with resizing to 28x28 inside
     model.autoencoder.prepare(x)
     model.compile(optimizer="adam")
-    model.fit(x, epochs=1, batch_size=32, verbose=0, seed=0)
+    model.fit(x, epochs=1, batch_size=32, verbose=0)
     loaded = load_model(save_model(model, tmp_path / "m.keras"), expect=cls)
     np.testing.assert_allclose(loaded.embed(x), model.embed(x), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(loaded.predict_labels(x), model.predict_labels(x))
@@ -324,7 +324,7 @@ def test_dcn_reseeds_a_cluster_that_got_no_sample_when_asked(blobs):
     far = np_(model.clustering.centroids).copy()
     far[2] = 1e6  # nobody's nearest centroid
     model.clustering.centroids.assign(far)
-    history = model.fit(x, epochs=2, batch_size=32, verbose=0, seed=0).history
+    history = model.fit(x, epochs=2, batch_size=32, verbose=0).history
     assert history["reseeded"][0] == 1.0 and model.reseeded >= 1
     assert np.abs(np_(model.clustering.centroids)[2]).max() < 1e3
 
@@ -347,7 +347,7 @@ def test_label_check_and_dataset_target_share_one_embedding_pass(blobs):
         fresh.append(np.allclose(np_(model.target), np_(target_distribution(q)), atol=1e-6))
 
     model.refresh_target = checked_refresh
-    model.fit(x, epochs=3, batch_size=32, verbose=0, seed=0, callbacks=[LabelMetrics(x, every=1)])
+    model.fit(x, epochs=3, batch_size=32, verbose=0, callbacks=[LabelMetrics(x, every=1)])
     # Before training and after each epoch: 4 passes, the 3 target refreshes reuse them.
     assert len(passes) == 4 and fresh == [True, True, True]
     model.embed(x)

@@ -39,7 +39,7 @@ LAYERS = [
     ("analysis",),
     ("nn", "datasets"),
     ("checkpoint",),
-    ("io", "metrics", "checks", "distributed", "allocator"),
+    ("io", "metrics", "checks", "distributed", "allocator", "seeding"),
     ("errors",),
 ]
 

@@ -16,6 +16,7 @@ from PIL import Image
 from deepstab import datasets
 from deepstab.checkpoint import Checkpoint
 from deepstab.cli import cli
+from deepstab.datasets.streaming import IndexedImages
 from deepstab.errors import DeepstabError, DeepstabNote
 from deepstab.io import output_lock
 from deepstab.methods.collapse import CollapseGuard
@@ -188,7 +189,7 @@ def test_the_collapse_guard_and_size_prior_go_into_the_checkpoint(tmp_path):
     model.compile(optimizer="adam")
     model.initialize_centroids(x, seed=0)
     guard = CollapseGuard(x, 3)
-    model.training_callbacks(x, [guard])
+    model.training_callbacks(IndexedImages(x, 32), [guard])
     guard.collapsed_epoch, guard.fallback_epoch, guard._healthy_epoch = 0, 0, 3
     guard._healthy = model.get_weights()
     model.size_prior_weight = 1.0
@@ -197,7 +198,7 @@ def test_the_collapse_guard_and_size_prior_go_into_the_checkpoint(tmp_path):
     fresh = DECS(3, (8, 8, 1), filters=(4, 4, 4, 4))
     fresh.compile(optimizer="adam")
     assert checkpoint.restore(fresh) == 5 and fresh.size_prior_weight == 1.0
-    fresh.training_callbacks(x, [])
+    fresh.training_callbacks(IndexedImages(x, 32), [])
     resumed = fresh.collapse_guard
     assert (resumed.collapsed_epoch, resumed.fallback_epoch, resumed._healthy_epoch) == (0, 0, 3)
     assert all(np.array_equal(a, b) for a, b in zip(resumed._healthy, guard._healthy))
@@ -236,18 +237,25 @@ def _run_until_killed(args, marker: str, tmp_path, timeout=120):
     return seen
 
 
-def test_a_killed_clustering_stage_resumes_where_it_stopped(tmp_path, blobs_npz):
-    out = tmp_path / "m.keras"
-    args = ["decs", "--dataset", f"npz:{blobs_npz}", "--pretrain-epochs", "2", "--pretrain-batch-size", "32"]
-    args += ["--cluster-epochs", "6", "--batch-size", "40", "--output", out, "--models-dir", tmp_path]
-    seen = _run_until_killed(args, "Epoch 4/6", tmp_path)
+def test_a_killed_clustering_stage_resumes_to_the_uninterrupted_run(tmp_path, blobs_npz):
+    def args(folder):
+        options = ["decs", "--dataset", f"npz:{blobs_npz}", "--pretrain-epochs", "2", "--pretrain-batch-size", "32"]
+        options += ["--cluster-epochs", "6", "--batch-size", "40", "--on-collapse", "warn"]
+        return options + ["--output", folder / "m.keras", "--models-dir", folder]
+
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert invoke(*args(whole)).exit_code == 0
+    parts.mkdir()
+    out = parts / "m.keras"
+    seen = _run_until_killed(args(parts), "Epoch 4/6", parts)
     assert "Epoch 4/6" in seen and not out.exists()
-    result = invoke(*args)
+    result = invoke(*args(parts))
     assert result.exit_code == 0, result.output
     assert "Epoch 1/6" not in result.output and "Iterations run: 18" in result.output  # 6 epochs of 3 steps
     lines = out.with_suffix(".csv").read_text().splitlines()
     assert len(lines) == 121 and not checkpoint_folder(out).exists()
-    assert not list(tmp_path.glob(".*part-*")) and not list(tmp_path.glob(".*.lock"))
+    assert lines == (whole / "m.csv").read_text().splitlines()  # labels and confidences, bit for bit
+    assert not list(parts.glob(".*part-*")) and not list(parts.glob(".*.lock"))
 
 
 # ----------------------------------------------------------------------------- command line

@@ -73,11 +73,19 @@ class IndexedImages(keras.utils.PyDataset):
 
 
 def indexed_batches(
-    x, image_shape: tuple[int, ...], n_clusters: int, batch_size: int, shuffle: bool, seed: int | None, who: str
+    x,
+    image_shape: tuple[int, ...],
+    n_clusters: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int | None,
+    who: str,
+    drop_last: bool = True,
 ) -> keras.utils.PyDataset:
     """``x`` itself when it is a ``PyDataset`` of indexed batches, else an :class:`IndexedImages`
     of the image array ``x`` (checked: images of ``image_shape``, at least ``n_clusters`` of
-    them) in batches of ``batch_size`` (at most ``len(x)``). ``who`` names the caller in errors."""
+    them) in batches of ``batch_size`` (at most ``len(x)``), the last smaller one kept unless
+    ``drop_last``. ``who`` names the caller in errors."""
     if isinstance(x, keras.utils.PyDataset):
         return x
     if not isinstance(x, np.ndarray) or x.ndim != 4 or tuple(x.shape[1:]) != tuple(image_shape):
@@ -87,4 +95,4 @@ def indexed_batches(
         )
     if len(x) < max(n_clusters, 2):
         raise DeepstabError(f"{len(x)} images are too few for {n_clusters} clusters.")
-    return IndexedImages(x, min(batch_size, len(x)), shuffle=shuffle, seed=seed)
+    return IndexedImages(x, min(batch_size, len(x)), shuffle=shuffle, seed=seed, drop_last=drop_last)

@@ -9,6 +9,10 @@ Invariants of :class:`CentroidClusterer`:
 - :meth:`fit` initialises the centroids with k-means on the embeddings the first time (when
   ``centroids_ready`` is 0) and never again; BRB's re-clustering goes through
   :meth:`set_centroids`.
+- Both stages are functions of the images, the initial weights and ``seed``: the batch order
+  and the augmentations of an epoch, and the k-means start, come from the model's own streams
+  (:mod:`deepstab.seeding`), so callbacks that only watch (label checks, the stability
+  tracker), labels and a resume from a checkpoint never change what is learned.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from deepstab import checks
+from deepstab import allocator, checks, seeding
 from deepstab.checkpoint import Checkpoint
 from deepstab.datasets.store import to_unit_float
+from deepstab.datasets.streaming import IndexedImages, indexed_batches
 from deepstab.errors import DeepstabError
 from deepstab.methods.losses import squared_distances
 from deepstab.nn.autoencoders import AugmentedAutoencoder
@@ -38,11 +43,19 @@ class CentroidClusterer(keras.Model):
         n_clusters: K, at least 2.
         autoencoder: the (untrained) autoencoder whose encoder embeds the images.
         alpha: Student-t degrees of freedom α of the soft assignments.
+        seed: the seed of the training's draws (batch orders, augmentations, k-means, BRB);
+            ``None`` draws one from NumPy's global generator (see :func:`~deepstab.seeding.model_seed`).
     """
 
-    def __init__(self, n_clusters: int, autoencoder: AugmentedAutoencoder, alpha: float = 1.0, **kwargs):
+    # Whether a stage-2 epoch leaves out the last, smaller batch.
+    drop_last_batch = False
+
+    def __init__(
+        self, n_clusters: int, autoencoder: AugmentedAutoencoder, alpha: float = 1.0, seed: int | None = None, **kwargs
+    ):
         super().__init__(**kwargs)
         self.n_clusters = checks.n_clusters("n_clusters", n_clusters)
+        self.seed = seeding.model_seed(seed)
         self.autoencoder = autoencoder
         self.clustering = ClusteringLayer(self.n_clusters, alpha, name="clustering")
         self.clustering.build((None, self.autoencoder.embedding_dim))
@@ -120,7 +133,9 @@ class CentroidClusterer(keras.Model):
     # ------------------------------------------------------------------- centroids
 
     def initialize_centroids(self, x, n_init: int = 20, seed: int | None = None) -> np.ndarray:
-        """Set the centroids to k-means centres of the embeddings of ``x``; return its labels."""
+        """Set the centroids to k-means centres of the embeddings of ``x``; return its labels.
+        k-means is seeded by ``seed``, by default the model's k-means stream."""
+        seed = seeding.derive(self.seed, "kmeans") if seed is None else seed
         centres, labels = kmeans(self.embed(x), self.n_clusters, n_init=n_init, seed=seed)
         self.set_centroids(centres)
         return labels
@@ -156,38 +171,65 @@ class CentroidClusterer(keras.Model):
         **fit_kwargs,
     ):
         """Stage 1: fit what the autoencoder derives from ``x`` (``autoencoder.prepare``), then
-        train it with MSE on augmented views (Adam, lr 1e-3 unless ``optimizer`` is given).
-        With ``checkpoint``, training resumes from it and saves to it. Returns the ``History``."""
+        train it with MSE on augmented views (Adam, lr 1e-3 unless ``optimizer`` is given), in
+        batches of ``batch_size`` (the last smaller one kept) in the order of the model's
+        pretraining stream. With ``checkpoint``, training resumes from it and saves to it.
+        Returns the ``History``."""
+        allocator.keep_large_blocks()
         self.autoencoder.prepare(x)
         self.autoencoder.compile(optimizer=optimizer or keras.optimizers.Adam(1e-3))
-        callbacks, initial_epoch = list(callbacks or []), 0
+        seed, who = seeding.derive(self.seed, "pretraining"), f"{type(self).__name__}.pretrain"
+        data = indexed_batches(x, self.image_shape, 1, batch_size, True, seed, who, drop_last=False)
+        callbacks, initial_epoch = [seeding.EpochSeeds(self.seed, "pretraining"), *(callbacks or [])], 0
         if checkpoint is not None:
             initial_epoch = checkpoint.restore(self.autoencoder)
-            callbacks.insert(0, checkpoint)
-        return self.autoencoder.fit(
-            x, epochs=epochs, batch_size=batch_size, callbacks=callbacks, initial_epoch=initial_epoch, **fit_kwargs
-        )
+            callbacks.insert(1, checkpoint)
+        return self._fit_in_order(self.autoencoder, data, epochs, callbacks, initial_epoch, **fit_kwargs)
 
-    def fit(self, x=None, y=None, callbacks=None, **kwargs):
-        """Stage 2 through ``keras.Model.fit``. k-means on the embeddings of ``x`` (a NumPy
-        array) first initialises the centroids when they were never set; the method's own
-        callbacks (:meth:`training_callbacks`) run after the caller's."""
+    def fit(
+        self, x=None, y=None, batch_size: int = 256, epochs: int = 1, callbacks=None, shuffle: bool = True, **kwargs
+    ):
+        """Stage 2 through ``keras.Model.fit`` on the images ``x`` (an array, or an
+        :class:`~deepstab.datasets.streaming.IndexedImages`) in batches of ``batch_size``, in
+        the order of the model's clustering stream. k-means on the embeddings of ``x`` first
+        initialises the centroids when they were never set; the method's own callbacks
+        (:meth:`training_callbacks`) run after the caller's. Labels ``y`` are refused: clustering
+        learns from the images alone (watch it with :class:`~deepstab.analysis.progress.LabelMetrics`)."""
+        if y is not None:
+            raise DeepstabError(
+                f"{type(self).__name__}.fit learns without labels: pass the images alone, and give labels to a "
+                "callback that only watches, such as deepstab.LabelMetrics(x, y)."
+            )
+        allocator.keep_large_blocks()
+        who = f"{type(self).__name__}.fit"
+        seed = seeding.derive(self.seed, "clustering")
+        data = indexed_batches(
+            x, self.image_shape, self.n_clusters, batch_size, shuffle, seed, who, drop_last=self.drop_last_batch
+        )
         if not self.centroids_set:
-            if not isinstance(x, np.ndarray):
+            if not isinstance(getattr(data, "x", None), np.ndarray):
                 raise DeepstabError(
-                    f"{type(self).__name__}.fit needs initialised centroids: call model.initialize_centroids(x) "
-                    "first, or pass x as a NumPy array."
+                    f"{who} needs initialised centroids: call model.initialize_centroids(x) first, or pass x as a "
+                    "NumPy array."
                 )
-            self.initialize_centroids(x)
-        callbacks = list(callbacks or [])
-        callbacks += self.training_callbacks(x, callbacks)
+            self.initialize_centroids(data.x)
+        callbacks = [seeding.EpochSeeds(self.seed, "clustering"), *(callbacks or [])]
+        callbacks += self.training_callbacks(data, callbacks)
         # Checkpoints last: they save what the method's own callbacks left at the epoch's end.
         callbacks.sort(key=lambda c: isinstance(c, Checkpoint))
         with self.reusing_embeddings():
-            return super().fit(x, y, callbacks=callbacks, **kwargs)
+            return self._fit_in_order(super(), data, epochs, callbacks, kwargs.pop("initial_epoch", 0), **kwargs)
 
-    def training_callbacks(self, x, callbacks: list) -> list:
-        """Callbacks the method adds to ``fit`` after the caller's ``callbacks`` (none here)."""
+    @staticmethod
+    def _fit_in_order(model, data, epochs: int, callbacks: list, initial_epoch: int, **kwargs):
+        """``model.fit`` on ``data``, which orders its batches itself by (seed, epoch); Keras's own
+        shuffle would draw from torch's global generator, which watchers draw from too."""
+        if isinstance(data, IndexedImages):
+            data.epoch = int(initial_epoch)  # the order of a resumed epoch
+        return model.fit(data, epochs=epochs, callbacks=callbacks, initial_epoch=initial_epoch, shuffle=False, **kwargs)
+
+    def training_callbacks(self, data: IndexedImages, callbacks: list) -> list:
+        """Callbacks the method adds to ``fit`` on ``data`` after the caller's ``callbacks`` (none here)."""
         return []
 
     @property
@@ -204,4 +246,5 @@ class CentroidClusterer(keras.Model):
             "shift": ae.shift,
             "rotation": ae.rotation,
             "alpha": self.clustering.alpha,
+            "seed": self.seed,
         }

@@ -26,7 +26,7 @@ import time
 import keras
 import numpy as np
 
-from deepstab import checks
+from deepstab import checks, seeding
 from deepstab.errors import DeepstabError
 from deepstab.nn.kmeans import kmeans
 
@@ -129,7 +129,8 @@ class BRB(keras.callbacks.Callback):
             layer's own initializers), see :func:`reset_pairs`.
         subsample_order: ``"first"`` (the first ``subsample`` training images every time, the
             authors') or ``"random"`` (a fresh random subsample every time).
-        seed: seed of the fresh weights, of the random subsample and of k-means.
+        seed: seed of the fresh weights, of the random subsample and of k-means; ``None`` takes
+            the trained model's BRB stream (:mod:`deepstab.seeding`).
     """
 
     def __init__(
@@ -159,7 +160,7 @@ class BRB(keras.callbacks.Callback):
         self.n_init = checks.positive_int("n_init", n_init)
         self.draws = checks.choice("draws", draws, RESET_DRAWS)
         self.subsample_order = checks.choice("subsample_order", subsample_order, SUBSAMPLES)
-        self.rng = np.random.default_rng(seed)
+        self.rng = None if seed is None else np.random.default_rng(seed)
         self.reset_epochs: list[int] = []
         self.seconds = 0.0
         self._first_epoch_seen = False
@@ -180,6 +181,8 @@ class BRB(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._first_epoch_seen = False
+        if self.rng is None:
+            self.rng = seeding.stream(self.model.seed, "brb")
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self._first_epoch_seen:

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from keras import ops
 
-from deepstab import checks
-from deepstab.datasets.streaming import IndexedImages, indexed_batches
+from deepstab import checks, seeding
+from deepstab.datasets.streaming import IndexedImages
 from deepstab.methods.base import CentroidClusterer
 from deepstab.methods.losses import (
     COUNT_RULES,
@@ -68,6 +68,7 @@ class FeedForwardClusterer(CentroidClusterer):
 
     uses_decoder = False
     kmeans_restarts = 10
+    drop_last_batch = True  # full batches only, as the authors
 
     def __init__(
         self,
@@ -116,31 +117,6 @@ class FeedForwardClusterer(CentroidClusterer):
 
     def initialize_centroids(self, x, n_init: int | None = None, seed: int | None = None) -> np.ndarray:
         return super().initialize_centroids(x, self.kmeans_restarts if n_init is None else n_init, seed)
-
-    def fit(
-        self,
-        x=None,
-        y=None,
-        batch_size: int = 256,
-        epochs: int = 1,
-        callbacks=None,
-        shuffle: bool = True,
-        seed: int | None = None,
-        **kwargs,
-    ):
-        """Stage 2 through ``keras.Model.fit`` on images ``x`` (an array, or an
-        :class:`~deepstab.datasets.streaming.IndexedImages`) in full batches of ``batch_size``.
-        k-means (seeded by ``seed``, as the batch order) initialises the centroids first when
-        they were never set."""
-        who = f"{type(self).__name__}.fit"
-        data = indexed_batches(x, self.image_shape, self.n_clusters, batch_size, shuffle, seed, who)
-        if not self.centroids_set:
-            self.initialize_centroids(data.x, seed=seed)
-        if isinstance(data, IndexedImages):
-            data.epoch = int(kwargs.get("initial_epoch", 0))  # the order of a resumed epoch
-        # The data shuffles itself, by (seed, epoch); Keras's own shuffling of the batch order
-        # draws from the global generator, which a resumed run cannot replay.
-        return super().fit(data, epochs=epochs, callbacks=callbacks, shuffle=False, **kwargs)
 
     def view_pair(self, data):
         """``(augmented, clean)`` inputs of a batch; ``clean`` is ``None`` with ``views="augmented"``."""
@@ -228,9 +204,19 @@ class DEC(FeedForwardClusterer):
     def on_recluster(self) -> None:
         self.target_stale = True
 
-    def training_callbacks(self, x, callbacks: list) -> list:
+    def training_state(self) -> dict[str, np.ndarray]:
+        """The dataset-wide target ``P`` where one is in use (for checkpoints: a resumed run
+        refreshes it when an uninterrupted one would, not at once)."""
+        return {} if self.target is None else {"dec:target": ops.convert_to_numpy(self.target)}
+
+    def restore_training_state(self, state: dict[str, np.ndarray]) -> None:
+        """Put back what :meth:`training_state` returned."""
+        if "dec:target" in state:
+            self.target, self.target_stale = ops.convert_to_tensor(state["dec:target"]), False
+
+    def training_callbacks(self, data, callbacks: list) -> list:
         # after BRB: it sees the centroids BRB set at the same epoch start
-        return [TargetRefresh(x.x)] if self.target_mode == "dataset" else []
+        return [TargetRefresh(data.x)] if self.target_mode == "dataset" else []
 
     def clustering_loss(self, z_augmented, z_clean, index):
         """The DEC loss of a batch from the embeddings of its views (``z_clean`` may be ``None``)."""
@@ -326,8 +312,8 @@ class DCN(FeedForwardClusterer):
         self.assigned_this_epoch: torch.Tensor | None = None
         self.reseeded = 0
 
-    def training_callbacks(self, x, callbacks: list) -> list:
-        return [DCNEpochEnd(x)]
+    def training_callbacks(self, data, callbacks: list) -> list:
+        return [DCNEpochEnd(data)]
 
     def set_centroids(self, centres: np.ndarray) -> None:
         super().set_centroids(centres)
@@ -417,18 +403,20 @@ class TargetRefresh(keras.callbacks.Callback):
 
 class DCNEpochEnd(keras.callbacks.Callback):
     """DCN at every epoch end: the centroid pass (``centroid_update="epoch"``), then, with
-    ``reseed_lost``, the re-seeding of clusters that got no sample (logged as ``reseeded``)."""
+    ``reseed_lost``, the re-seeding of clusters that got no sample (logged as ``reseeded``); both
+    draw from the model's centroid-pass stream of the epoch (:mod:`deepstab.seeding`)."""
 
-    def __init__(self, data, seed: int = 0):
+    def __init__(self, data: IndexedImages):
         super().__init__()
-        self.data, self.rng = data, np.random.default_rng(seed)
+        self.data = data
 
     def on_epoch_end(self, epoch, logs=None):
         model = self.model
+        rng = seeding.stream(model.seed, "centroid-pass", epoch)
         if model.centroid_update == "epoch":
-            model.centroid_pass(self.data.x, self.data.batch_size, self.rng)
+            model.centroid_pass(self.data.x, self.data.batch_size, rng)
         if model.reseed_lost:
-            count = model.reseed_lost_clusters(self.data.x, self.rng)
+            count = model.reseed_lost_clusters(self.data.x, rng)
             if logs is not None:
                 logs["reseeded"] = float(count)
         else:

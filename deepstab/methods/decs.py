@@ -98,13 +98,13 @@ class DECS(CentroidClusterer):
         self.threshold_tracker = keras.metrics.Mean(name="threshold")
         self.built = True
 
-    def training_callbacks(self, x, callbacks: list) -> list:
-        """A :class:`CollapseGuard` on ``x`` unless ``callbacks`` holds one (given the state a
-        checkpoint put back)."""
+    def training_callbacks(self, data, callbacks: list) -> list:
+        """A :class:`CollapseGuard` on the images of ``data`` unless ``callbacks`` holds one
+        (given the state a checkpoint put back)."""
         guards = [c for c in callbacks if isinstance(c, CollapseGuard)]
         added = []
-        if not guards and isinstance(x, np.ndarray):
-            guards = added = [CollapseGuard(x, self.n_clusters, self.collapse_share, self.on_collapse)]
+        if not guards and isinstance(getattr(data, "x", None), np.ndarray):
+            guards = added = [CollapseGuard(data.x, self.n_clusters, self.collapse_share, self.on_collapse)]
         self.collapse_guard = guards[0] if guards else None
         if self.collapse_guard is not None and self._guard_state:
             self.collapse_guard.load_state(self._guard_state)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from keras import ops
 
-from deepstab import checks, distributed
+from deepstab import allocator, checks, distributed, seeding
 from deepstab.analysis.measures import cosine_stability
 from deepstab.datasets.store import to_unit_float
 from deepstab.datasets.streaming import IndexedImages, indexed_batches
@@ -126,7 +126,8 @@ class LFSSModel(keras.Model):
         predictor_lr_scale: learning-rate multiplier of the predictor (10, as the authors).
         mean, std: per-channel normalisation applied after augmentation.
         queue_size: MoCo's queue of negatives.
-        seed: seed of the augmentation.
+        seed: seed of the batch order, the augmentation and the noise; ``None`` draws one from
+            NumPy's global generator (:func:`~deepstab.seeding.model_seed`).
         sync_batch_norm: under torchrun, normalise with the global batch's statistics
             (:class:`~deepstab.nn.layers.FusedBatchNormalization`'s ``sync``); otherwise each
             process uses its own batch's, as ``DistributedDataParallel`` does.
@@ -205,6 +206,7 @@ class LFSSModel(keras.Model):
             raise DeepstabError(
                 f"mean and std need one value per channel ({channels}), got {self.mean} and {self.std}."
             )
+        seed = seeding.model_seed(seed)
         self.queue_size, self.seed, self.sync_batch_norm = int(queue_size), seed, bool(sync_batch_norm)
 
         self.augment = SimCLRAugment(seed=seed)
@@ -314,7 +316,9 @@ class LFSSModel(keras.Model):
     ):
         """``keras.Model.fit`` on an image array (or an :class:`IndexedImages`), with the
         epoch-end work of LFSS (predecessor copy, k-means, stability) as the first callback
-        (a :class:`~deepstab.checkpoint.Checkpoint` after it makes the run resumable)."""
+        (a :class:`~deepstab.checkpoint.Checkpoint` after it makes the run resumable). Sets
+        glibc's allocator for training first (:func:`deepstab.allocator.keep_large_blocks`)."""
+        allocator.keep_large_blocks()
         distributed.setup()
         data = indexed_batches(x, self.image_shape, self.n_clusters, batch_size, shuffle, self.seed, "LFSSModel.fit")
         if isinstance(data, IndexedImages):

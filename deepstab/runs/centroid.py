@@ -237,7 +237,7 @@ class CentroidRun(RunSettings):
         shared = ("embedding_dim", "standardise", "batch_norm", "init", "augmentation")
         shared += ("pretrain_augmented", "clip_norm", "views", "alpha")
         own = tuple(name for name, methods in METHOD_ONLY.items() if self.method in methods)
-        return {name: getattr(self, name) for name in shared + own} | {"image_size": self.input_side}
+        return {name: getattr(self, name) for name in shared + own} | {"image_size": self.input_side, "seed": self.seed}
 
 
 @dataclass
@@ -270,22 +270,27 @@ def pretrained_model(run: CentroidRun, x: np.ndarray, y: np.ndarray | None) -> t
     return model, pretrained_autoencoder(run, model, x, path, "feed-forward autoencoder")
 
 
-def run_centroid(run: CentroidRun, data: tuple[np.ndarray, np.ndarray | None] | None = None) -> CentroidResult:
+def run_centroid(
+    run: CentroidRun, data: tuple[np.ndarray, np.ndarray | None] | None = None, callbacks: list | None = None
+) -> CentroidResult:
     """Load the data, pretrain (or reuse) the autoencoder, k-means, cluster with the method
-    (and BRB when asked), evaluate the final model, save the model, labels and a plot."""
+    (and BRB when asked), evaluate the final model, save the model, labels and a plot.
+
+    ``data``, ``(x, y)`` already loaded from ``run.dataset``, saves loading it again;
+    ``callbacks`` are added to the clustering stage's ``fit``."""
     distributed.refuse(run.method.upper())
     with guarded_output(run):
         keras.utils.set_random_seed(run.seed)
         x, y = data if data is not None else datasets.load(run.dataset, run.data_dir, image_size=run.image_size)
-        return _cluster(run, x, y)
+        return _cluster(run, x, y, callbacks or [])
 
 
-def _cluster(run: CentroidRun, x: np.ndarray, y: np.ndarray | None) -> CentroidResult:
+def _cluster(run: CentroidRun, x: np.ndarray, y: np.ndarray | None, extra_callbacks: list) -> CentroidResult:
     model, pretrain_seconds = pretrained_model(run, x, y)
     k = model.n_clusters
 
     start = time.perf_counter()
-    init_labels = model.initialize_centroids(x, seed=run.seed)
+    init_labels = model.initialize_centroids(x)
     init_metrics = evaluate(y, init_labels) if y is not None else None
     if init_metrics:
         print("k-means on the pretrained embeddings: " + format_metrics(init_metrics))
@@ -302,11 +307,10 @@ def _cluster(run: CentroidRun, x: np.ndarray, y: np.ndarray | None) -> CentroidR
             reset_embedding=run.brb_reset_embedding,
             draws=run.brb_draws,
             subsample_order=run.brb_subsample_order,
-            seed=run.seed,
         )
         callbacks.append(brb)
     checkpoint = Checkpoint(checkpoint_folder(run.model_path), run.training_settings(), min_seconds=CHECKPOINT_SECONDS)
-    callbacks.append(checkpoint)
+    callbacks += [checkpoint, *extra_callbacks]
     model.compile(optimizer=run.optimizer())
     initial_epoch = checkpoint.restore(model)
     history = {}
@@ -320,7 +324,6 @@ def _cluster(run: CentroidRun, x: np.ndarray, y: np.ndarray | None) -> CentroidR
             initial_epoch=initial_epoch,
             callbacks=callbacks,
             verbose=run.verbose,
-            seed=run.seed,
         ).history
     cluster_seconds = time.perf_counter() - start
 

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +15,9 @@ import keras
 import numpy as np
 
 from deepstab import checks, datasets
-from deepstab.checkpoint import Checkpoint, random_state, set_random_state
+from deepstab.checkpoint import Checkpoint
 from deepstab.errors import DeepstabError
-from deepstab.io import atomic_path, check_model_path, load_model, output_lock, save_model, writable_folder
+from deepstab.io import check_model_path, load_model, output_lock, save_model, writable_folder
 from deepstab.methods.base import CentroidClusterer
 from deepstab.runs.progress import TimeEstimate
 
@@ -52,30 +51,17 @@ def data_digest(x: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+# Part of every cache key: autoencoders pretrained before the draws came from the run's own
+# streams (deepstab.seeding) are not reused, since a fresh run would not give them.
+PRETRAINING_DRAWS = "seeded streams"
+
+
 def autoencoder_path(run, prefix: str, x: np.ndarray, settings: dict) -> Path:
     """Where the pretrained autoencoder of these images and these ``settings`` (everything that
     changes it) is kept for reuse: ``<models_dir>/<prefix>-<dataset>-<hash>.keras``. Other data
     under the same file name, or any other setting, gives another file."""
-    key = json.dumps(settings, sort_keys=True, default=str) + data_digest(x)
+    key = json.dumps(settings, sort_keys=True, default=str) + data_digest(x) + PRETRAINING_DRAWS
     return Path(run.models_dir) / f"{prefix}-{run.slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.keras"
-
-
-def random_state_path(path: Path) -> Path:
-    """Beside the autoencoder saved at ``path``, the random state its pretraining left."""
-    return path.with_suffix(".rng.npz")
-
-
-def restore_random_state(model: CentroidClusterer, path: Path) -> None:
-    """Put back the random state saved at ``path`` (see :func:`pretrained_autoencoder`)."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            set_random_state(model, {key: archive[key] for key in archive.files})
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-        raise DeepstabError(
-            f"{path}, the random state saved with the pretrained autoencoder beside it, cannot be read "
-            f"({type(exc).__name__}). Delete it to reuse the autoencoder without it (the run then draws other "
-            f"batches than the run that pretrained it), or delete both to pretrain again."
-        ) from exc
 
 
 def checkpoint_folder(path: Path) -> Path:
@@ -98,9 +84,7 @@ def pretrained_autoencoder(
     ``run`` gives ``pretrain_batch_size``, ``optimizer()``, ``fresh`` and ``verbose``.
 
     Invariant: the run that reuses a saved autoencoder goes on exactly as the run that pretrained
-    it: the random state the pretraining left (:func:`~deepstab.checkpoint.random_state`) is saved
-    beside it (:func:`random_state_path`) and put back with it. Autoencoders saved without it are
-    reused with the random state as it is."""
+    it, since the clustering stage draws from streams of its own (:mod:`deepstab.seeding`)."""
     epochs = run.pretrain_epochs if epochs is None else epochs
     if path.exists():
         saved = load_model(path, expect=type(model.autoencoder))
@@ -110,9 +94,6 @@ def pretrained_autoencoder(
                 f"size than this run ({model.autoencoder.image_shape}). Delete it or use another --models-dir."
             )
         model.autoencoder.set_weights(saved.get_weights())
-        state = random_state_path(path)
-        if state.exists():
-            restore_random_state(model, state)
         print(f"Reusing the pretrained autoencoder {path}")
         return 0.0
     print(f"Pretraining the {what}: {epochs} epochs, batch {run.pretrain_batch_size}")
@@ -132,8 +113,6 @@ def pretrained_autoencoder(
         )
         seconds = time.perf_counter() - start
         save_model(model.autoencoder, path)
-        with atomic_path(random_state_path(path)) as partial:
-            np.savez(partial, **random_state(model))
         checkpoint.remove()
     return seconds
 

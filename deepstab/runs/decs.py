@@ -163,8 +163,8 @@ class DECSRun(RunSettings):
     )
     eval_every: int = setting(
         10,
-        "Print ACC/NMI/ARI every N epochs when labels exist (the labels never steer training, but each "
-        "check advances torch's random generator and so changes the order of the later batches).",
+        "Print ACC/NMI/ARI every N epochs when labels exist (the checks only watch: they change nothing the run "
+        "learns).",
         check=checks.positive_int,
         training=False,
     )
@@ -263,6 +263,7 @@ def _pretrain_and_cluster(run: DECSRun, x: np.ndarray, y: np.ndarray | None, cal
         size_prior=run.size_prior,
         on_collapse=run.on_collapse,
         collapse_share=run.collapse_share,
+        seed=run.seed,
     )
     path = run.autoencoder_path(x, model)
     pretrain_seconds = pretrained_autoencoder(
@@ -280,7 +281,7 @@ def _cluster(run: DECSRun, model: DECS, x, y, extra_callbacks, pretrain_seconds:
         )
     start = time.perf_counter()
     if initialise:
-        init_labels = model.initialize_centroids(x, seed=run.seed)
+        init_labels = model.initialize_centroids(x)
         if y is not None:
             print("k-means on the pretrained embeddings: " + format_metrics(evaluate(y, init_labels)))
     steps = int(np.ceil(len(x) / run.batch_size))
