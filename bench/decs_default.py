@@ -1,8 +1,10 @@
 """The DECS ``default`` table: ``python cli.py decs --dataset D --seed S`` as a user runs it, the
 final model's ACC/NMI/ARI, with the k-means start, what the collapse guard did and the wall time.
 
-Each run is the user's command in a subprocess, with a models folder of its own (so each seed
-pretrains its autoencoder afresh rather than reusing one of an earlier version). Resumable: a
+Each run is the user's command in a subprocess, with a models folder per dataset and seed (so
+each seed pretrains its autoencoder afresh rather than reusing one of an earlier version; runs of
+other ``extra`` options on the same dataset and seed reuse it, and their wall time is then the
+clustering stage's alone). Resumable: a
 finished run is appended to ``--results`` (JSON lines) and skipped next time; a killed run goes
 on from its own checkpoint (DECS resumes bit-identically), and its wall time is then left out.
 
@@ -62,8 +64,9 @@ def table(rows: list[dict]) -> str:
         "| dataset | seeds | ACC (each seed) | ACC mean ± std | NMI | ARI | k-means start | collapse at epoch | wall |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        runs = sorted((r for r in rows if r["dataset"] == dataset), key=lambda r: r["seed"])
+    for dataset, extra in dict.fromkeys((r["dataset"], tuple(r["extra"])) for r in rows):
+        runs = [r for r in rows if (r["dataset"], tuple(r["extra"])) == (dataset, extra)]
+        runs.sort(key=lambda r: r["seed"])
         cells = [f"{np.mean([r[m] for r in runs]):.3f} ± {np.std([r[m] for r in runs]):.3f}" for m in ("acc", "nmi")]
         walls = [r["wall"] for r in runs if r["wall"] is not None]
         accs = " / ".join(f"{r['acc']:.4f}" for r in runs)
@@ -73,8 +76,8 @@ def table(rows: list[dict]) -> str:
         seeds = ",".join(str(r["seed"]) for r in runs)
         ari = np.mean([r["ari"] for r in runs])
         lines.append(
-            f"| {dataset} | {seeds} | {accs} | {cells[0]} | {cells[1]} | {ari:.3f} | {starts} | {collapses} | "
-            f"{times} ({runs[0]['threads']} threads) |"
+            f"| {' '.join([dataset, *extra])} | {seeds} | {accs} | {cells[0]} | {cells[1]} | {ari:.3f} | {starts} | "
+            f"{collapses} | {times} ({runs[0]['threads']} threads) |"
         )
     return "\n".join(lines)
 

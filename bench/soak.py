@@ -98,17 +98,16 @@ def last_epoch(output: str, method: str) -> str:
         found = re.match(r"Epoch (\d+/\d+)", line)
         if stage and found:
             where = f"{stage.lower()} {found.group(1)}"
-        if line.startswith("Saved the model"):
-            where = "saving"
     return where
 
 
-def resumed(output: str, method: str) -> bool:
-    """Whether an attempt went on from a checkpoint: its first epoch line is not epoch 1 of the
-    first stage, or it reused the pretrained autoencoder."""
+def resumed(output: str, method: str) -> bool | None:
+    """Whether an attempt went on from a checkpoint (its first epoch line is not epoch 1, or it
+    reused the pretrained autoencoder); ``None`` when it was killed before showing either."""
     first = re.search(r"Epoch (\d+)/\d+", output)
-    reused = "Reusing the pretrained autoencoder" in output
-    return bool(reused or (first and first.group(1) != "1") or (method == "decs" and "Pretraining" not in output))
+    if "Reusing the pretrained autoencoder" in output or (first and first.group(1) != "1"):
+        return True
+    return False if first else None
 
 
 def check(method: str, work: Path, outputs: list[str], kills: int, n_images: int, reference: str) -> list[str]:
@@ -161,9 +160,17 @@ def soak(method: str, kills: int, folder: Path, rng: random.Random, data: Path) 
         finishing = landed >= kills
         delay = None if finishing else rng.uniform(4.0, 30.0)
         output, killed = attempt(command, delay)
-        if pending:  # the attempt after a kill: did it go on from the checkpoint?
-            pending[-1]["resumed"] = resumed(output, method)
+        went_on = resumed(output, method)
+        for row in pending:  # the kills before this attempt: did the run go on from its checkpoint?
+            if row.get("resumed") is None:
+                row["resumed"] = went_on
         outputs.append(output)
+        if killed and "Saved the model" in output:  # the run had finished: only its exit was cut short
+            killed = False
+            landed += 1
+            rows.append({"kill": landed, "run": runs + 1, "seconds": round(delay, 1), "where": "after saving"})
+            rows[-1] |= {"saved": True, "resumed": True}
+            pending.append(rows[-1])
         if killed:
             landed += 1
             run_kills += 1
@@ -195,6 +202,7 @@ def kill_table(method: str, rows: list[dict]) -> str:
     lines.append("|---|---|---|---|---|---|---|")
     for r in rows:
         went_on = "resumed" if r.get("resumed") else "started over" + (" (nothing saved yet)" if not r["saved"] else "")
+        went_on = "finished" if r["where"] == "after saving" else went_on
         same = "yes" if r.get("identical") else "no"
         lines.append(f"| {method} | {r['kill']} | {r['run']} | {r['seconds']} | {r['where']} | {went_on} | {same} |")
     return "\n".join(lines)

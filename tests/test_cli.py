@@ -37,6 +37,7 @@ def trained(tmp_path, blobs_npz):
 def test_decs_trains_saves_model_and_labels(trained, tmp_path):
     out, result = trained
     assert "Final model: ACC" in result.output and "Cluster sizes:" in result.output
+    assert "Clustering start: the " in result.output and "k-means partitions" in result.output
     assert out.is_file() and len(list((tmp_path / "models").glob("decs-ae-blobs-*.keras"))) == 1
     with open(out.with_suffix(".csv")) as handle:
         rows = list(csv.DictReader(handle))

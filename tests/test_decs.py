@@ -213,3 +213,35 @@ def test_collapse_guard_flags_a_shrinking_cluster():
     assert guard.check() == {"clusters_alive": 4.0, "min_cluster_share": 0.025, "collapsed": 1.0}
     labels[:] = np.r_[np.zeros(20, int), np.ones(20, int)]
     assert guard.check()["clusters_alive"] == 2.0 and guard.check()["collapsed"] == 1.0
+
+
+def test_the_balanced_start_is_the_most_balanced_partition_near_the_lowest_inertia():
+    from sklearn.cluster import KMeans
+
+    from deepstab.nn.kmeans import BALANCE_TOLERANCE, balanced_kmeans
+
+    rng = np.random.default_rng(0)  # five groups of unequal size and spread
+    z = np.concatenate(
+        [rng.normal(c, s, size=(n, 3)) for c, s, n in [(0, 1, 300), (4, 2, 80), (8, 1, 150), (12, 3, 60), (20, 1, 40)]]
+    )
+    seeds = list(range(12))
+    runs = [KMeans(5, n_init=1, random_state=s).fit(z) for s in seeds]
+    inertia = np.array([r.inertia_ for r in runs])
+    shares = np.array([np.bincount(r.labels_, minlength=5).min() * 5 / len(z) for r in runs])
+    near = inertia <= inertia.min() * (1 + BALANCE_TOLERANCE)
+    start = balanced_kmeans(z, 5, seeds)
+    assert start.min_share == shares[near].max() and start.excess <= BALANCE_TOLERANCE
+    np.testing.assert_array_equal(start.labels, runs[start.index].labels_)
+    assert start.lowest_min_share == shares[np.argmin(inertia)]
+    assert "k-means partitions" in start.describe()
+
+
+def test_decs_starts_from_the_balanced_partition_unless_told_the_lowest_inertia():
+    x, _ = blobs()
+    model = DECS(3, (8, 8, 1), seed=0, **TINY)
+    labels = model.initialize_centroids(x)
+    assert model.start_choice is not None and np.array_equal(labels, model.start_choice.labels)
+    plain = DECS(3, (8, 8, 1), seed=0, start="inertia", **TINY)
+    plain.autoencoder.set_weights(model.autoencoder.get_weights())
+    plain.initialize_centroids(x)
+    assert plain.start_choice is None and plain.get_config()["start"] == "inertia"

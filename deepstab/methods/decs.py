@@ -13,14 +13,17 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from deepstab import checks
+from deepstab import checks, seeding
 from deepstab.methods.base import CentroidClusterer
 from deepstab.methods.collapse import COLLAPSE_ACTIONS, CollapseGuard
 from deepstab.methods.losses import VARIANTS, decs_loss, size_prior
 from deepstab.nn.autoencoders import ConvAutoencoder
+from deepstab.nn.kmeans import Start, balanced_kmeans
 from deepstab.nn.networks import DEFAULT_FILTERS
 from deepstab.nn.otsu import otsu_threshold
 from deepstab.nn.steps import apply_gradients, images_of
+
+STARTS = ("balanced", "inertia")
 
 
 @keras.saving.register_keras_serializable(package="deepstab")
@@ -48,6 +51,11 @@ class DECS(CentroidClusterer):
             healthy weights, go on with the size prior), ``"restore"`` (restore and
             stop), ``"stop"`` or ``"warn"`` (see :class:`deepstab.methods.collapse.CollapseGuard`).
         collapse_share: the shrinking threshold, relative to ``1 / K``.
+        start: the clustering start: ``"balanced"`` (of 20 single-start k-means partitions of the
+            embeddings, the most balanced within 5% of the lowest inertia,
+            :func:`~deepstab.nn.kmeans.balanced_kmeans`; kept as ``start_choice``) or
+            ``"inertia"`` (k-means with 20 restarts, the lowest inertia, as the paper and the
+            authors' code).
 
     Example:
 
@@ -77,9 +85,11 @@ class DECS(CentroidClusterer):
         rotation: float = 10.0,
         on_collapse: str = "fallback",
         collapse_share: float = 0.25,
+        start: str = "balanced",
         **kwargs,
     ):
         settings = {
+            "start": checks.choice("start", start, STARTS),
             "on_collapse": checks.choice("on_collapse", on_collapse, COLLAPSE_ACTIONS),
             "collapse_share": checks.in_range("collapse_share", collapse_share, 0.0, 1.0, high_open=True),
             "variant": checks.choice("variant", variant, VARIANTS),
@@ -93,10 +103,21 @@ class DECS(CentroidClusterer):
         )
         for name, value in settings.items():
             setattr(self, name, value)
+        self.start_choice: Start | None = None
         self.collapse_guard: CollapseGuard | None = None
         self._guard_state: dict | None = None
         self.threshold_tracker = keras.metrics.Mean(name="threshold")
         self.built = True
+
+    def initialize_centroids(self, x, n_init: int = 20, seed: int | None = None) -> np.ndarray:
+        """Set the centroids to the start of ``self.start`` on the embeddings of ``x`` (``n_init``
+        k-means runs, seeded by ``seed``, by default the model's k-means stream); return its labels."""
+        if self.start == "inertia":
+            return super().initialize_centroids(x, n_init, seed)
+        seeds = [seeding.derive(self.seed if seed is None else seed, "kmeans", i) for i in range(n_init)]
+        self.start_choice = balanced_kmeans(self.embed(x), self.n_clusters, seeds)
+        self.set_centroids(self.start_choice.centres)
+        return self.start_choice.labels
 
     def training_callbacks(self, data, callbacks: list) -> list:
         """A :class:`CollapseGuard` on the images of ``data`` unless ``callbacks`` holds one
@@ -162,4 +183,5 @@ class DECS(CentroidClusterer):
             "nbins": self.nbins,
             "on_collapse": self.on_collapse,
             "collapse_share": self.collapse_share,
+            "start": self.start,
         }

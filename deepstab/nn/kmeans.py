@@ -4,6 +4,7 @@ cosine (the LFSS authors' ``torch_clustering``), for LFSS's pseudo-labels and ev
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,6 +34,73 @@ def kmeans(z: np.ndarray, n_clusters: int, n_init: int = 20, seed: int | None = 
     z = _checked(z, n_clusters)
     model = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(z)
     return model.cluster_centers_.astype(np.float32), model.labels_.astype(np.int64)
+
+
+# A balanced start may cost at most this share of inertia over the best start (bench/decs_starts.py).
+BALANCE_TOLERANCE = 0.05
+
+
+@dataclass
+class Start:
+    """A k-means partition chosen by :func:`balanced_kmeans`, and why."""
+
+    centres: np.ndarray
+    labels: np.ndarray
+    index: int  # which of the single-start runs
+    count: int  # of how many
+    excess: float  # its inertia over the lowest one's, minus 1
+    min_share: float  # its smallest cluster over an even share N / K
+    lowest_min_share: float  # the same for the partition of lowest inertia
+
+    def describe(self) -> str:
+        """One line for the run's output."""
+        if self.excess == 0.0:
+            return (
+                f"the lowest-inertia one of {self.count} k-means partitions, also the most balanced within "
+                f"{BALANCE_TOLERANCE:.0%} of its inertia (smallest cluster {self.min_share:.2f} of an even share)"
+            )
+        return (
+            f"the most balanced of {self.count} k-means partitions within {BALANCE_TOLERANCE:.0%} of the lowest "
+            f"inertia: smallest cluster {self.min_share:.2f} of an even share at {self.excess:+.1%} inertia, where the "
+            f"lowest-inertia partition's smallest holds {self.lowest_min_share:.2f}"
+        )
+
+
+def balanced_kmeans(z: np.ndarray, n_clusters: int, seeds: list[int]) -> Start:
+    """Single-start k-means runs on ``z``, one per seed of ``seeds`` (k-means++ seeding); of the
+    partitions whose inertia is within :data:`BALANCE_TOLERANCE` of the lowest, the one whose
+    smallest cluster is largest (ties: the lower inertia).
+
+    k-means with restarts keeps the lowest inertia, and on a pretrained embedding that is often
+    a partition that splits a large class and merges two others, with one small cluster that
+    DECS's loss then empties; a partition of nearly the same inertia with no small cluster
+    starts it far better (``bench/decs_starts.py``, docs/results.md).
+
+    Example:
+
+    >>> import numpy as np
+    >>> z = np.concatenate([np.zeros((20, 2)), np.full((20, 2), 5.0)]) + np.random.default_rng(0).normal(size=(40, 2))
+    >>> start = balanced_kmeans(z, 2, seeds=[0, 1, 2, 3])
+    >>> sorted(np.bincount(start.labels).tolist()), start.count
+    ([20, 20], 4)
+    """
+    z = _checked(z, n_clusters)
+    runs = [KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit(z) for seed in seeds]
+    inertia = np.array([r.inertia_ for r in runs])
+    shares = np.array([np.bincount(r.labels_, minlength=n_clusters).min() * n_clusters / len(z) for r in runs])
+    lowest = int(np.argmin(inertia))
+    near = np.flatnonzero(inertia <= inertia[lowest] * (1 + BALANCE_TOLERANCE))
+    chosen = int(min(near, key=lambda i: (-shares[i], inertia[i])))
+    run = runs[chosen]
+    return Start(
+        run.cluster_centers_.astype(np.float32),
+        run.labels_.astype(np.int64),
+        chosen,
+        len(seeds),
+        float(inertia[chosen] / inertia[lowest] - 1.0),
+        float(shares[chosen]),
+        float(shares[lowest]),
+    )
 
 
 def cosine_kmeans(

@@ -22,7 +22,7 @@ from deepstab.checkpoint import Checkpoint
 from deepstab.errors import DeepstabError
 from deepstab.io import save_model, write_labels_csv
 from deepstab.methods.collapse import COLLAPSE_ACTIONS
-from deepstab.methods.decs import DECS
+from deepstab.methods.decs import DECS, STARTS
 from deepstab.methods.losses import VARIANTS
 from deepstab.metrics import cluster_sizes, evaluate
 from deepstab.nn.optimizers import Adam
@@ -147,6 +147,12 @@ class DECSRun(RunSettings):
         "the size prior at weight 1), restore (restore and stop), stop, or warn.",
         choices=COLLAPSE_ACTIONS,
     )
+    start: str = setting(
+        default_of(DECS, "start"),
+        "Clustering start: balanced (of 20 k-means partitions, the most balanced within 5% of the lowest inertia) or "
+        "inertia (the lowest inertia, as the paper).",
+        choices=STARTS,
+    )
     collapse_share: float = setting(
         default_of(DECS, "collapse_share"),
         "A cluster smaller than this share of an even split (1/K) counts as collapsing.",
@@ -263,6 +269,7 @@ def _pretrain_and_cluster(run: DECSRun, x: np.ndarray, y: np.ndarray | None, cal
         size_prior=run.size_prior,
         on_collapse=run.on_collapse,
         collapse_share=run.collapse_share,
+        start=run.start,
         seed=run.seed,
     )
     path = run.autoencoder_path(x, model)
@@ -282,6 +289,8 @@ def _cluster(run: DECSRun, model: DECS, x, y, extra_callbacks, pretrain_seconds:
     start = time.perf_counter()
     if initialise:
         init_labels = model.initialize_centroids(x)
+        if model.start_choice is not None:
+            print(f"Clustering start: {model.start_choice.describe()}")
         if y is not None:
             print("k-means on the pretrained embeddings: " + format_metrics(evaluate(y, init_labels)))
     steps = int(np.ceil(len(x) / run.batch_size))
