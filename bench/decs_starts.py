@@ -5,7 +5,8 @@ For a dataset and seed, the autoencoder of ``python cli.py decs --dataset D --se
 --models-dir M/D-sS`` (the ``default`` preset; taken from ``bench/decs_default.py``'s models
 folder when that series pretrained it, else pretrained here the same way) embeds the images;
 ``--candidates`` single-start k-means runs (k-means++ seeds of the run's k-means stream) give
-candidate partitions, and for each the label-free criteria:
+candidate partitions (the very ones DECS's ``balanced`` start chooses from), and for each the
+label-free criteria:
 
 - ``inertia`` relative to the lowest of the candidates (what k-means with restarts minimises);
 - ``min_share``: the smallest cluster over an even share ``N / K``;
@@ -40,12 +41,12 @@ import keras
 import numpy as np
 from results import append_result, recorded, series
 from scipy.stats import spearmanr
-from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from deepstab import datasets, seeding
 from deepstab.methods.decs import DECS
 from deepstab.metrics import evaluate
+from deepstab.nn.kmeans import single_starts
 from deepstab.runs.common import pretrained_autoencoder
 from deepstab.runs.decs import DECSRun
 
@@ -66,11 +67,9 @@ def rules(candidates: list[dict]) -> dict[str, int]:
 
 
 def candidates_of(z: np.ndarray, y: np.ndarray, k: int, count: int, seed: int) -> tuple[list[dict], list]:
-    parts, centres = [], []
-    for i in range(count):
-        model = KMeans(k, n_init=1, random_state=seeding.derive(seed, "kmeans", i)).fit(z)
-        parts.append(model.labels_)
-        centres.append(model.cluster_centers_.astype(np.float32))
+    runs = single_starts(z, k, [seeding.derive(seed, "kmeans", i) for i in range(count)])  # as DECS's start
+    parts = [r.labels_ for r in runs]
+    centres = [r.cluster_centers_.astype(np.float32) for r in runs]
     rng = np.random.default_rng(0)
     sample = rng.choice(len(z), min(2000, len(z)), replace=False)
     rows = []
@@ -79,7 +78,7 @@ def candidates_of(z: np.ndarray, y: np.ndarray, k: int, count: int, seed: int) -
         share = sizes[sizes > 0]
         rows.append(
             {
-                "inertia": float(((z - centres[i][labels]) ** 2).sum()),
+                "inertia": float(runs[i].inertia_),
                 "min_share": float(sizes.min() * k),
                 "entropy": float(-(share * np.log(share)).sum() / np.log(k)),
                 "silhouette": float(silhouette_score(z[sample], labels[sample])),

@@ -66,6 +66,12 @@ class Start:
         )
 
 
+def single_starts(z: np.ndarray, n_clusters: int, seeds: list[int]) -> list[KMeans]:
+    """One fitted single-start k-means of ``z`` (in float64) per seed of ``seeds``."""
+    z = _checked(z, n_clusters)
+    return [KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit(z) for seed in seeds]
+
+
 def balanced_kmeans(z: np.ndarray, n_clusters: int, seeds: list[int]) -> Start:
     """Single-start k-means runs on ``z``, one per seed of ``seeds`` (k-means++ seeding); of the
     partitions whose inertia is within :data:`BALANCE_TOLERANCE` of the lowest, the one whose
@@ -84,8 +90,7 @@ def balanced_kmeans(z: np.ndarray, n_clusters: int, seeds: list[int]) -> Start:
     >>> sorted(np.bincount(start.labels).tolist()), start.count
     ([20, 20], 4)
     """
-    z = _checked(z, n_clusters)
-    runs = [KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit(z) for seed in seeds]
+    runs = single_starts(z, n_clusters, seeds)
     inertia = np.array([r.inertia_ for r in runs])
     shares = np.array([np.bincount(r.labels_, minlength=n_clusters).min() * n_clusters / len(z) for r in runs])
     lowest = int(np.argmin(inertia))
