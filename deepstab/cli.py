@@ -15,6 +15,7 @@ import click
 import deepstab
 from deepstab import allocator, datasets, distributed
 from deepstab.errors import DeepstabError, DeepstabNote
+from deepstab.io import file_fault, is_file_fault
 from deepstab.runs.centroid import CentroidRun, run_centroid
 from deepstab.runs.centroid import summary as centroid_summary
 from deepstab.runs.common import format_metrics
@@ -27,14 +28,19 @@ from deepstab.runs.stability import StabilityRun, run_stability
 
 
 def friendly_errors(command):
-    """Print a DeepstabError as one paragraph and exit with status 2, without a traceback."""
+    """Print a DeepstabError as one paragraph and exit with status 2, without a traceback; so
+    also a fault of the file system (a full disk, permissions, a read-only disk) met in a write
+    that does not go through :func:`deepstab.io.atomic_path` (a library's, a folder made)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except DeepstabError as exc:
-            click.echo(f"Error: {exc}", err=True)
+        except (DeepstabError, OSError) as exc:
+            if isinstance(exc, OSError) and not is_file_fault(exc):
+                raise
+            message = file_fault(exc.filename or "a file", exc) if isinstance(exc, OSError) else exc
+            click.echo(f"Error: {message}", err=True)
             sys.exit(2)
 
     return wrapper
@@ -90,7 +96,7 @@ def lfss(**options):
 
 @cli.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
-@click_options(RunSettings, only=("dataset", "data_dir"), required=("dataset",))
+@click_options(RunSettings, only=("dataset", "data_dir", "image_size"), required=("dataset",))
 @click.option(
     "--output",
     type=click.Path(dir_okay=False),
@@ -98,9 +104,9 @@ def lfss(**options):
     help="CSV file for the labels. [default: MODEL with .keras replaced by -<dataset>.csv]",
 )
 @friendly_errors
-def predict(model_path, dataset, data_dir, output):
+def predict(model_path, dataset, data_dir, image_size, output):
     """Label a dataset with a saved DECS, DEC, IDEC, DCN or LFSS model; prints ACC/NMI/ARI when the data has labels."""
-    prediction = run_predict(model_path, dataset, data_dir, output)
+    prediction = run_predict(model_path, dataset, data_dir, output, image_size)
     if prediction.metrics:
         click.echo(format_metrics(prediction.metrics))
     click.echo(f"Cluster sizes: {prediction.sizes['counts']}")

@@ -1,15 +1,18 @@
 import gzip
 import shutil
 import sys
+import warnings
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from conftest import write_idx, write_usps
 from PIL import Image
 
+import cli
 from deepstab import datasets
 from deepstab.datasets.store import to_unit_float
-from deepstab.errors import DeepstabError
+from deepstab.errors import DeepstabError, DeepstabNote
 from deepstab.metrics import evaluate
 
 
@@ -214,6 +217,41 @@ def test_folder_errors(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG junk")
     with pytest.raises(DeepstabError, match="Cannot read the image .*broken.png"):
         datasets.load(f"folder:{tmp_path}")
+
+
+def _notes(caught) -> str:
+    return "\n".join(str(w.message) for w in caught if issubclass(w.category, DeepstabNote))
+
+
+def test_folder_notes_every_image_it_merges_or_leaves_out(tmp_path):
+    for path in ("a/0/1.png", "a/1/1.png", "b/1.png", "top.png"):
+        _save(tmp_path / path, np.zeros((4, 4), np.uint8))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "b" / "notes.txt").write_text("")
+    (tmp_path / "b" / ".DS_Store").write_text("")  # hidden files are no one's images
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x, y = datasets.load(f"folder:{tmp_path}")
+    assert x.shape == (3, 4, 4, 1) and y.tolist() == [0, 0, 1]
+    notes = _notes(caught)
+    assert "merged into that class: a (from a/0, a/1)" in notes
+    assert "1 images at the top level are left out" in notes
+    assert "the sub-folders c hold no images" in notes
+    assert "1 files that are not images (.txt) are left out" in notes and ".DS_Store" not in notes
+
+
+def test_a_folder_of_one_class_says_why_and_is_read_as_unlabelled(tmp_path):
+    for path in ("a/0/1.png", "a/0/2.png", "a/1/1.png", "a/1/2.png"):
+        _save(tmp_path / "images" / path, np.full((4, 4), 60 * int(path[-5]), np.uint8))
+    with pytest.warns(DeepstabNote, match="all 4 images lie in its one class folder a") as caught:
+        x, y = datasets.load(f"folder:{tmp_path / 'images'}")
+    assert x.shape == (4, 4, 4, 1) and y is None
+    assert f"give folder:{tmp_path / 'images' / 'a'}" in _notes(caught)
+    x, y = datasets.load(f"folder:{tmp_path / 'images' / 'a'}")  # as the note advises
+    assert y.tolist() == [0, 0, 1, 1]
+    result = CliRunner().invoke(cli.cli, ["decs", "--dataset", f"folder:{tmp_path / 'images'}"])
+    assert result.exit_code == 2 and "Note: " in result.output and "one class folder a" in result.output
+    assert "pass --n-clusters" in result.output and "n_clusters must be at least 2" not in result.output
 
 
 def test_describe_lists_every_dataset(tmp_path, shared_data):

@@ -19,17 +19,26 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from deepstab.datasets.downloads import DataFile, download, downloads_allowed, resolve_data_dir, verify
-from deepstab.datasets.readers import IMAGE_EXTENSIONS, folder_source, load_npz, read_idx, read_usps_file
+from deepstab.datasets.readers import (
+    IMAGE_EXTENSIONS,
+    folder_source,
+    load_npz,
+    read_idx,
+    read_usps_file,
+    resize_images,
+)
 from deepstab.datasets.registry import IMAGENET10_WNIDS, IMAGENET_DOGS_WNIDS, REGISTRY, Dataset, names, slug
 from deepstab.datasets.store import cache_paths, open_cached, to_unit_float
 from deepstab.datasets.tfds import load_tfds
-from deepstab.errors import DeepstabError
+from deepstab.errors import DeepstabError, DeepstabNote
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -144,7 +153,11 @@ def load_folder(path: str | os.PathLike, image_size: int | None = None) -> tuple
     source, shape, labelled, name = folder_source(root, image_size)
     try:
         x, y = open_cached(root, name, shape, lambda: source)
-    except PermissionError:  # a read-only folder: convert in memory
+    except DeepstabError as exc:
+        if getattr(exc.__cause__, "errno", None) not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        note = f"{root} is read-only: its images are converted in memory, on every load."
+        warnings.warn(note, DeepstabNote, stacklevel=3)
         pairs = list(source[1]())
         x, y = np.stack([image for image, _ in pairs]), np.array([label for _, label in pairs], np.int64)
     return x, (y if labelled else None)
@@ -169,16 +182,25 @@ def load(
             and ``folder:`` sets, return ``x`` as the read-only uint8 memory map of their on-disk
             store instead of float32 in memory; :func:`~deepstab.datasets.store.to_unit_float`
             converts a batch.
-        image_size: resize the images of a ``folder:`` set to this square side (needed when
-            they have mixed sizes).
+        image_size: resize the images to this square side (bilinear, with a note when any
+            image had another size): a ``folder:`` set's when it is converted (needed when they
+            have mixed sizes), any other set's when it is loaded.
     """
     if not isinstance(name, str) or not name:
         raise DeepstabError(f"Dataset name must be a non-empty string, got {name!r}.")
-    if name.startswith("npz:"):
-        return load_npz(name[4:])
     if name.startswith("folder:"):
         x, y = load_folder(name[7:], image_size)
         return (x, y) if stream else (to_unit_float(x), y)
+    x, y = _load_arrays(name, data_dir, download, stream)
+    return (x, y) if image_size is None else (resize_images(x, image_size, name), y)
+
+
+def _load_arrays(
+    name: str, data_dir: str | os.PathLike | None, download: bool | None, stream: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`load` of a registered name or ``npz:PATH``, at the images' own size."""
+    if name.startswith("npz:"):
+        return load_npz(name[4:])
     if name not in REGISTRY:
         raise DeepstabError(
             f"Unknown dataset {name!r}. Choose one of {', '.join(REGISTRY)}, or give 'npz:PATH' "

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import urllib.error
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -83,14 +82,9 @@ def download(spec: DataFile, folder: Path) -> Path:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)
             verify(partial, spec)
-    except urllib.error.URLError as exc:
+    except OSError as exc:  # of the network: atomic_path makes the faults of writing clear errors itself
         raise DeepstabError(
-            f"Could not download {spec.url} ({exc.reason}). If this machine is offline, download "
+            f"Could not download {spec.url} ({getattr(exc, 'reason', exc)}). If this machine is offline, download "
             f"the file elsewhere and put it at {target}."
-        ) from exc
-    except OSError as exc:
-        raise DeepstabError(
-            f"Could not write {target} ({exc}). Point --data-dir or DEEPSTAB_DATA at a writable "
-            f"folder, or put {spec.name} there by hand."
         ) from exc
     return target

@@ -190,8 +190,7 @@ def as_unit_images(x: np.ndarray, origin: str) -> np.ndarray:
         return (x.astype(np.float32) / np.float32(255.0)).astype(np.float32)
     if np.issubdtype(x.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
         return x.astype(np.float32)
-    note = f"{origin}: {x.dtype} values span [{lo:g}, {hi:g}]; scaling them to [0, 1] (min-max)."
-    warnings.warn(note, DeepstabNote, stacklevel=3)
+    _note(f"{origin}: {x.dtype} values span [{lo:g}, {hi:g}]; scaling them to [0, 1] (min-max).")
     return ((x.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
 
 
@@ -251,34 +250,90 @@ def read_image_uint8(path: Path, channels: int, size: tuple[int, int] | None = N
     return array[..., None] if array.ndim == 2 else array
 
 
-def _image_files(folder: Path, recursive: bool) -> list[Path]:
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
-        p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and CACHE_FOLDER not in p.parts
-    )
+def resize_images(x: np.ndarray, side: int, origin: str) -> np.ndarray:
+    """Images ``x`` (N, H, W, C) resized to ``side`` x ``side`` with PIL's bilinear filter (as a
+    folder's images are), with a note; uint8 images stay uint8, others become float32. Images
+    of that size already are returned as they are."""
+    from PIL import Image
+
+    if tuple(x.shape[1:3]) == (side, side):
+        return x
+    uint8 = x.dtype == np.uint8
+    out = np.empty((len(x), side, side, x.shape[-1]), np.uint8 if uint8 else np.float32)
+    for i, image in enumerate(x):
+        for c in range(x.shape[-1]):
+            channel = np.ascontiguousarray(image[..., c], np.uint8 if uint8 else np.float32)
+            out[i, ..., c] = np.asarray(Image.fromarray(channel).resize((side, side), Image.BILINEAR))
+    _note(f"{origin}: {len(x)} images of {x.shape[1]}x{x.shape[2]} pixels are resized to {side}x{side} (bilinear).")
+    return out
+
+
+def _examples(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _note(message: str) -> None:
+    warnings.warn(message, DeepstabNote, stacklevel=3)
 
 
 def folder_listing(root: Path) -> tuple[list[tuple[Path, int]], bool]:
     """The images of a folder with their labels: one label per class sub-folder (its images
     found at any depth), or, with no class sub-folders, the folder's own images unlabelled
-    (-1). Returns ``(files, labelled)``; images at the top level beside class folders are left
-    out with a note."""
+    (-1). Returns ``(files, labelled)``.
+
+    Invariant: every image left out or merged is named in a note (:class:`DeepstabNote`):
+    images at the top level beside class folders, sub-folders without images, files that are
+    not images by their extension, and class folders whose images lie in several folders below
+    them (``a/0/*.png`` and ``a/1/*.png`` are both class ``a``). A folder with one class
+    sub-folder has one class: its images are read as unlabelled, and a note says why."""
     if not root.is_dir():
         raise DeepstabError(f"Image folder {root} does not exist. Give a folder of images or of class sub-folders.")
-    classes = [d for d in sorted(root.iterdir()) if d.is_dir() and d.name != CACHE_FOLDER and _image_files(d, True)]
-    top = _image_files(root, False)
-    if classes:
-        if top:
-            warnings.warn(
-                f"{root}: {len(top)} images at the top level are left out: with class sub-folders, each class "
-                f"is one sub-folder. Move them into a class folder to use them.",
-                DeepstabNote,
-                stacklevel=3,
-            )
-        return [(f, label) for label, d in enumerate(classes) for f in _image_files(d, True)], True
-    if not top:
-        raise DeepstabError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {root} or its sub-folders.")
-    return [(f, -1) for f in top], False
+    found = sorted(p for p in root.rglob("*") if CACHE_FOLDER not in p.relative_to(root).parts and p.is_file())
+    top, below, others = [], {}, []
+    for path in found:
+        parts = path.relative_to(root).parts
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            others += [] if any(part.startswith(".") for part in parts) else [path]
+        elif len(parts) == 1:
+            top.append(path)
+        else:
+            below.setdefault(parts[0], []).append(path)
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name != CACHE_FOLDER)
+    classes = [name for name in folders if name in below]
+    if others:
+        kinds = sorted({p.suffix.lower() or "no extension" for p in others})
+        _note(f"{root}: {len(others)} files that are not images ({_examples(kinds)}) are left out.")
+    if not classes:
+        if not top:
+            raise DeepstabError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {root} or its sub-folders.")
+        return [(f, -1) for f in top], False
+    if top:
+        _note(
+            f"{root}: {len(top)} images at the top level are left out: with class sub-folders, each class "
+            f"is one sub-folder. Move them into a class folder to use them."
+        )
+    empty = [name for name in folders if name not in below]
+    if empty:
+        _note(f"{root}: the sub-folders {_examples(empty)} hold no images and are left out.")
+    if len(classes) == 1:
+        (only,) = classes
+        _note(
+            f"{root}: all {len(below[only])} images lie in its one class folder {only} (the images below it "
+            f"count as that class), so they are read as unlabelled and the number of clusters must be given "
+            f"(--n-clusters). To take the sub-folders of {only} as the classes, give folder:{root / only}."
+        )
+        return [(f, -1) for f in below[only]], False
+    merged = []
+    for name in classes:
+        places = sorted({str(f.parent.relative_to(root)) for f in below[name]})
+        if len(places) > 1:
+            merged.append(f"{name} (from {_examples(places, 2)})")
+    if merged:
+        _note(
+            f"{root}: the images in several folders below a class folder are merged into that class: "
+            f"{_examples(merged)}. Each sub-folder of {root} is one class."
+        )
+    return [(f, label) for label, name in enumerate(classes) for f in below[name]], True
 
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
@@ -293,12 +348,14 @@ def folder_source(root: Path, image_size: int | None = None) -> tuple[Source, tu
 
     files, labelled = folder_listing(root)
     sizes: dict[tuple[int, int], Path] = {}
+    count: dict[tuple[int, int], int] = {}
     colour = False
     digest = hashlib.sha256(f"{image_size}".encode())
     for path, label in files:
         try:
             with Image.open(path) as image:
                 sizes.setdefault((image.height, image.width), path)
+                count[image.height, image.width] = count.get((image.height, image.width), 0) + 1
                 palette = image.palette.mode if image.mode == "P" and image.palette else "L"
                 colour = colour or (image.mode not in GREY_MODES and not (image.mode == "P" and palette == "L"))
         except OSError as exc:
@@ -312,6 +369,12 @@ def folder_source(root: Path, image_size: int | None = None) -> tuple[Source, tu
             f"or resize them to one size before clustering."
         )
     shape = (image_size, image_size) if image_size else next(iter(sizes))
+    resized = {size: n for size, n in count.items() if size != shape}
+    if resized:
+        were = _examples([f"{h}x{w}" for h, w in resized])
+        _note(
+            f"{root}: {sum(resized.values())} images of {were} pixels are resized to {shape[0]}x{shape[1]} (bilinear)."
+        )
     channels = 3 if colour else 1
 
     def items():

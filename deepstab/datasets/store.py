@@ -5,7 +5,8 @@ too large to hold as float32 in memory. The first load converts the source (a fo
 class sub-folders, or tensorflow-datasets splits) image by image into
 ``<folder>/.deepstab-cache/<name>-x.npy`` (uint8, NHWC, written through a memory map) and
 ``<name>-y.npy`` (int64, ``-1`` for unlabelled images); both are written under temporary
-names and renamed when complete, so an interrupted conversion leaves nothing half-written.
+names and renamed when complete, so an interrupted conversion leaves nothing half-written, and
+their space is taken before the conversion starts, so a full disk is one clear error.
 Later loads memory-map the cache: :class:`~deepstab.datasets.streaming.IndexedImages` then reads only the
 batch it needs, and :func:`to_unit_float` turns it into float32 in [0, 1].
 
@@ -14,6 +15,7 @@ Delete the ``.deepstab-cache`` folder to rebuild a cache after the source files 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from deepstab.errors import DeepstabError
-from deepstab.io import atomic_path
+from deepstab.io import atomic_path, is_file_fault
 
 CACHE_FOLDER = ".deepstab-cache"
 
@@ -63,11 +65,11 @@ def open_cached(
 def _write(x_path: Path, y_path: Path, n: int, shape: tuple[int, int, int], items: Iterable, name: str) -> None:
     if n == 0:
         raise DeepstabError(f"The source of {name!r} holds no images.")
-    x_path.parent.mkdir(parents=True, exist_ok=True)
     labels = np.empty(n, dtype=np.int64)
     progress = _Progress(n, f"Converting {name} into {x_path.parent} (once)")
-    with atomic_path(x_path) as partial:
+    with atomic_path(x_path, need_bytes=n * int(np.prod(shape))) as partial:
         x = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(n, *shape))
+        _reserve(partial)
         count = 0
         for count, (image, label) in enumerate(items, start=1):
             if count > n:
@@ -90,6 +92,20 @@ def _write(x_path: Path, y_path: Path, n: int, shape: tuple[int, int, int], item
         del x
     with atomic_path(y_path) as partial, open(partial, "wb") as out:
         np.save(out, labels)
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the disk blocks of the (sparse) file ``path`` now: a write through a memory map
+    onto a disk that fills kills the process (SIGBUS, measured on a full tmpfs), while this
+    raises the ``OSError`` that :func:`~deepstab.io.atomic_path` turns into a clear error. Where
+    the system cannot allocate ahead, the free-space check of ``atomic_path`` stands alone."""
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as handle:
+            try:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+            except OSError as exc:
+                if is_file_fault(exc):
+                    raise
 
 
 class _Progress:

@@ -83,38 +83,52 @@ def pretrained_autoencoder(
     with ``optimizer`` (default ``run.optimizer()``) and save it there; return the seconds spent.
     ``run`` gives ``pretrain_batch_size``, ``optimizer()``, ``fresh`` and ``verbose``.
 
-    Invariant: the run that reuses a saved autoencoder goes on exactly as the run that pretrained
-    it, since the clustering stage draws from streams of its own (:mod:`deepstab.seeding`)."""
+    Invariants: the run that reuses a saved autoencoder goes on exactly as the run that pretrained
+    it, since the clustering stage draws from streams of its own (:mod:`deepstab.seeding`). One
+    run at a time pretrains the autoencoder of ``path``: a run that needs it while another
+    pretrains it says so, waits for the lock on ``path`` and reuses what that run saved (or,
+    if that run stopped without saving it, goes on from its checkpoint)."""
     epochs = run.pretrain_epochs if epochs is None else epochs
-    if path.exists():
-        saved = load_model(path, expect=type(model.autoencoder))
-        if [tuple(w.shape) for w in saved.weights] != [tuple(w.shape) for w in model.autoencoder.weights]:
-            raise DeepstabError(
-                f"The saved autoencoder {path} was built for images of shape {saved.image_shape} or another network "
-                f"size than this run ({model.autoencoder.image_shape}). Delete it or use another --models-dir."
+    if not path.exists():
+
+        def waiting(pid: int) -> None:
+            print(
+                f"Waiting for the {what} that another run (process {pid}) is pretraining into {path}: this run "
+                f"reuses it once it is saved.",
+                flush=True,
             )
-        model.autoencoder.set_weights(saved.get_weights())
-        print(f"Reusing the pretrained autoencoder {path}")
-        return 0.0
-    print(f"Pretraining the {what}: {epochs} epochs, batch {run.pretrain_batch_size}")
-    start = time.perf_counter()
-    with output_lock(path):
-        checkpoint = Checkpoint(checkpoint_folder(path), {"autoencoder": path.name}, min_seconds=CHECKPOINT_SECONDS)
-        if run.fresh:
-            checkpoint.remove()
-        model.pretrain(
-            x,
-            epochs=epochs,
-            batch_size=run.pretrain_batch_size,
-            optimizer=optimizer or run.optimizer(),
-            checkpoint=checkpoint,
-            callbacks=[TimeEstimate("pretraining")],
-            verbose=run.verbose,
+
+        with output_lock(path, on_wait=waiting):
+            if not path.exists():  # else the run waited for saved it
+                print(f"Pretraining the {what}: {epochs} epochs, batch {run.pretrain_batch_size}")
+                start = time.perf_counter()
+                checkpoint = Checkpoint(
+                    checkpoint_folder(path), {"autoencoder": path.name}, min_seconds=CHECKPOINT_SECONDS
+                )
+                if run.fresh:
+                    checkpoint.remove()
+                model.pretrain(
+                    x,
+                    epochs=epochs,
+                    batch_size=run.pretrain_batch_size,
+                    optimizer=optimizer or run.optimizer(),
+                    checkpoint=checkpoint,
+                    callbacks=[TimeEstimate("pretraining")],
+                    verbose=run.verbose,
+                )
+                seconds = time.perf_counter() - start
+                save_model(model.autoencoder, path)
+                checkpoint.remove()
+                return seconds
+    saved = load_model(path, expect=type(model.autoencoder))
+    if [tuple(w.shape) for w in saved.weights] != [tuple(w.shape) for w in model.autoencoder.weights]:
+        raise DeepstabError(
+            f"The saved autoencoder {path} was built for images of shape {saved.image_shape} or another network "
+            f"size than this run ({model.autoencoder.image_shape}). Delete it or use another --models-dir."
         )
-        seconds = time.perf_counter() - start
-        save_model(model.autoencoder, path)
-        checkpoint.remove()
-    return seconds
+    model.autoencoder.set_weights(saved.get_weights())
+    print(f"Reusing the pretrained autoencoder {path}")
+    return 0.0
 
 
 @contextlib.contextmanager

@@ -4,7 +4,8 @@ text and their check; the click options of ``cli.py`` are generated from them.
 A field made with :func:`setting` becomes the option ``--field-name``. Booleans that default to
 ``False`` become a flag (``--resume``), those that default to ``True`` a ``--x/--no-x`` pair.
 A default that is the default of a model's constructor argument is read from that signature
-(:func:`default_of`), so the class, the run and the command line cannot drift apart.
+(:func:`default_of`), so the class, the run and the command line cannot drift apart. Two
+options of which one would override the other (:data:`CONFLICTS`) are refused together.
 
 Example:
 
@@ -32,6 +33,18 @@ from pathlib import Path
 import click
 
 from deepstab import checks, datasets
+from deepstab.errors import DeepstabError
+
+# Options of which one would silently override the other: a run refuses them together. By field
+# name, for every run class that has both fields; a field counts as given when it differs from
+# its default.
+CONFLICTS: dict[tuple[str, str], str] = {
+    ("iterations", "cluster_epochs"): "both set the length of the clustering stage, and the iterations would win",
+    ("fresh", "resume"): "--fresh deletes the checkpoint that --resume would go on from",
+    ("model", "preset"): "--model goes on training a saved model, so nothing is pretrained by a preset",
+    ("model", "pretrain_epochs"): "--model goes on training a saved model, so nothing is pretrained",
+    ("model", "pretrain_batch_size"): "--model goes on training a saved model, so nothing is pretrained",
+}
 
 
 def setting(
@@ -79,7 +92,8 @@ class RunSettings:
     )
     image_size: int | None = setting(
         None,
-        "Resize the images of a folder: dataset to NxN when it is converted (needed when their sizes differ).",
+        "Resize the images to NxN (bilinear): a folder: dataset's when it is converted (needed when their sizes "
+        "differ), any other dataset's when it is loaded.",
         check=checks.positive_int,
     )
     seed: int = setting(0, "Random seed.", check=checks.non_negative_int)
@@ -94,6 +108,7 @@ class RunSettings:
     )
 
     def __post_init__(self):
+        self._refuse_conflicts()
         if self.verbose is None:
             self.verbose = 1 if sys.stdout.isatty() else 2
         self.resolve()
@@ -106,6 +121,16 @@ class RunSettings:
             if meta.get("check") is not None:
                 setattr(self, field.name, meta["check"](field.name, value))
         self.validate()
+
+    def _refuse_conflicts(self) -> None:
+        """Refuse two options of :data:`CONFLICTS` given together (before presets fill anything)."""
+        given = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
+        for (first, second), why in CONFLICTS.items():
+            if first in given and second in given:
+                raise DeepstabError(
+                    f"--{first.replace('_', '-')} and --{second.replace('_', '-')} cannot be given together: {why}. "
+                    f"Give only one of them."
+                )
 
     def resolve(self) -> None:
         """Fill fields left ``None`` from presets (nothing here)."""
