@@ -1,12 +1,15 @@
 """Checkpoints that let a killed training run go on where it stopped.
 
-A checkpoint is a folder holding the model's weights with its optimizer state
-(``weights.weights.h5``), the state of its random generators and the per-sample or
-Python-side state a method keeps outside its weights (``state.npz``, the latter from
-``model.training_state()``), and ``checkpoint.json``: the number
-of finished epochs and the settings of the run that wrote it. Each file is written under a
-temporary name and renamed; ``checkpoint.json`` is written last, so a checkpoint without it,
-or whose files cannot be read, is refused with an error that names the folder.
+A checkpoint is a folder holding, for the epoch it was written after, the model's weights with
+its optimizer state (``weights-<epoch>.weights.h5``), the state of its random generators and the
+per-sample or Python-side state a method keeps outside its weights (``state-<epoch>.npz``, the
+latter from ``model.training_state()``), and ``checkpoint.json``: the number of finished epochs,
+the names of those two files and the settings of the run that wrote it. Each file is written
+under a temporary name and renamed; ``checkpoint.json`` is written last, as the commit, and only
+then are the files of earlier epochs deleted. So a save that fails or is killed at any moment
+leaves the last committed checkpoint whole (never the weights of one epoch beside the state of
+another), files without a commit count as no checkpoint, and a checkpoint whose files cannot be
+read is refused with an error that names the folder.
 
 Invariants:
 
@@ -48,9 +51,9 @@ from deepstab.errors import DeepstabError
 from deepstab.io import atomic_path, save_weights
 from deepstab.seeding import generator_states
 
-WEIGHTS = "weights.weights.h5"
-STATE = "state.npz"
 METADATA = "checkpoint.json"
+# The files of a checkpoint written before they were named by epoch (still read).
+WEIGHTS, STATE = "weights.weights.h5", "state.npz"
 
 
 class Checkpoint(keras.callbacks.Callback):
@@ -78,8 +81,8 @@ class Checkpoint(keras.callbacks.Callback):
 
     @property
     def exists(self) -> bool:
-        """Whether a checkpoint (complete or not) is in the folder."""
-        return self.folder.is_dir() and any(self.folder.iterdir())
+        """Whether a checkpoint was committed (its metadata written, readable or not) in the folder."""
+        return (self.folder / METADATA).exists()
 
     def on_train_begin(self, logs=None):
         self._last_save = time.monotonic()
@@ -92,20 +95,31 @@ class Checkpoint(keras.callbacks.Callback):
             self._last_save = time.monotonic()
 
     def save(self, model: keras.Model, epochs_done: int) -> None:
-        """Write the state after ``epochs_done`` epochs; the metadata last, as the commit."""
+        """Write the state after ``epochs_done`` epochs into files of that epoch, then the
+        metadata that names them, as the commit; then delete the files of other epochs."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        save_weights(model, self.folder / WEIGHTS)
+        files = {"weights": f"weights-{epochs_done:06d}.weights.h5", "state": f"state-{epochs_done:06d}.npz"}
+        save_weights(model, self.folder / files["weights"])
         state = model.training_state() if hasattr(model, "training_state") else {}
         state |= _generator_states(model)
-        with atomic_path(self.folder / STATE) as partial:
+        with atomic_path(self.folder / files["state"]) as partial:
             np.savez(partial, **state)
+        metadata = {"epoch": int(epochs_done), "settings": self.settings, **files}
         with atomic_path(self.folder / METADATA) as partial:
-            partial.write_text(json.dumps({"epoch": int(epochs_done), "settings": self.settings}, indent=1))
+            partial.write_text(json.dumps(metadata, indent=1))
+        for path in self.folder.iterdir():
+            if path.name not in (METADATA, *files.values()) and not path.name.startswith("."):
+                path.unlink(missing_ok=True)
 
     def _metadata(self) -> dict:
         try:
             metadata = json.loads((self.folder / METADATA).read_text())
-            return {"epoch": int(metadata["epoch"]), "settings": dict(metadata["settings"])}
+            return {
+                "epoch": int(metadata["epoch"]),
+                "settings": dict(metadata["settings"]),
+                "weights": str(metadata.get("weights", WEIGHTS)),
+                "state": str(metadata.get("state", STATE)),
+            }
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise self._damaged(f"{METADATA} is missing or unreadable ({type(exc).__name__})") from exc
 
@@ -142,7 +156,7 @@ class Checkpoint(keras.callbacks.Callback):
         finished epochs, the ``initial_epoch`` for ``fit``; 0 when there is no checkpoint."""
         if not self.exists:
             return 0
-        epoch = self._metadata()["epoch"]
+        metadata = self._metadata()
         changed = self.difference()
         if changed:
             raise self._other_settings(changed)
@@ -151,15 +165,15 @@ class Checkpoint(keras.callbacks.Callback):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Keras warns about optimizer slots it fills itself
-                model.load_weights(self.folder / WEIGHTS)
-            with np.load(self.folder / STATE, allow_pickle=False) as archive:
+                model.load_weights(self.folder / metadata["weights"])
+            with np.load(self.folder / metadata["state"], allow_pickle=False) as archive:
                 state = {key: archive[key] for key in archive.files}
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
             raise self._damaged(f"its files are unreadable ({type(exc).__name__}: {str(exc)[:120]})") from exc
         _set_generator_states(model, state)
         if hasattr(model, "restore_training_state"):
             model.restore_training_state({k: v for k, v in state.items() if not k.startswith("rng_")})
-        return epoch
+        return metadata["epoch"]
 
     def remove(self) -> None:
         """Delete the checkpoint (once the run's results are saved)."""

@@ -2,11 +2,15 @@
 the stability tracker and interruptions never change what it learns. Every comparison here is
 bit for bit: the saved labels, the confidences and every weight."""
 
+import contextlib
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 
-from deepstab import BRB, DECS, IDEC, LabelMetrics, SampleStabilityTracker
+from deepstab import BRB, DECS, IDEC, LabelMetrics, SampleStabilityTracker, checkpoint
+from deepstab.runs import decs as decs_runs
 from deepstab.runs.centroid import CentroidRun, run_centroid
 from deepstab.runs.decs import DECSRun, run_decs
 from deepstab.runs.lfss import LFSSRun, run_lfss
@@ -130,3 +134,43 @@ def test_an_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch, met
             run(method, tmp_path / "parts", labelled=True, watched=False, **settings)
     assert list((tmp_path / "parts").glob(".checkpoint-*"))  # it stopped with a checkpoint to resume from
     assert_same_run(whole, run(method, tmp_path / "parts", labelled=True, watched=False, **settings))
+
+
+def test_a_checkpoint_save_cut_short_before_its_commit_leaves_the_last_one_whole(tmp_path, monkeypatch):
+    """A kill between a checkpoint's weights and its commit: the run resumes from the last
+    committed epoch, as if the save had not begun, and ends as the uninterrupted run."""
+    whole = run("decs", tmp_path / "whole", labelled=True, watched=False)
+    original, commits = checkpoint.atomic_path, []
+
+    @contextlib.contextmanager
+    def cut_before_the_second_commit(target, *args, **kwargs):
+        target = Path(target)
+        if target.name == checkpoint.METADATA and target.parent.name == ".checkpoint-m.keras":
+            commits.append(target)
+            if len(commits) == 2:  # the clustering stage's weights and state of epoch 2 are written
+                raise Interrupted("killed before the commit")
+        with original(target, *args, **kwargs) as partial:
+            yield partial
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "atomic_path", cut_before_the_second_commit)
+        with pytest.raises(Interrupted):
+            run("decs", tmp_path / "parts", labelled=True, watched=False)
+    assert list((tmp_path / "parts" / ".checkpoint-m.keras").glob("weights-000002*"))  # written, not committed
+    assert_same_run(whole, run("decs", tmp_path / "parts", labelled=True, watched=False))
+
+
+def test_a_run_killed_after_its_last_checkpoint_ends_as_the_uninterrupted_one(tmp_path, monkeypatch):
+    """Killed after the last epoch's checkpoint, before the model is saved: the rerun trains no
+    epoch, and the end of training (the collapse guard's restore of a flagged last epoch) acts as
+    in the uninterrupted run."""
+    settings = dict(on_collapse="fallback", cluster_epochs=4)
+    whole = run("decs", tmp_path / "whole", labelled=True, watched=False, **settings)
+    assert whole.model.collapse_guard.fallback_epoch is not None  # the guard acted in this run
+    with monkeypatch.context() as patch:
+        patch.setattr(decs_runs, "save_model", lambda *args: (_ for _ in ()).throw(Interrupted("killed")))
+        with pytest.raises(Interrupted):
+            run("decs", tmp_path / "parts", labelled=True, watched=False, **settings)
+    resumed = run("decs", tmp_path / "parts", labelled=True, watched=False, **settings)
+    assert resumed.iterations_run == whole.iterations_run and not resumed.history
+    assert_same_run(whole, resumed)

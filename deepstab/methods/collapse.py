@@ -82,9 +82,11 @@ class CollapseGuard(keras.callbacks.Callback):
 
     def state(self) -> dict[str, np.ndarray]:
         """What the guard knows about the run so far (for a checkpoint): the epochs of its
-        events (-1 for none) and the last healthy weights."""
+        events (-1 for none), whether the last epoch was flagged (the end of training acts on
+        it) and the last healthy weights."""
         epochs = {name: getattr(self, name) for name in self.EPOCHS}
         state = {f"guard:{name}": np.array(-1 if value is None else value) for name, value in epochs.items()}
+        state["guard:last_collapsed"] = np.array(self._last_collapsed)
         for i, weight in enumerate(self._healthy or []):
             state[f"guard:weight_{i}"] = weight
         return state
@@ -94,6 +96,7 @@ class CollapseGuard(keras.callbacks.Callback):
         for name in self.EPOCHS:
             value = int(state[f"guard:{name}"])
             setattr(self, name, None if value < 0 else value)
+        self._last_collapsed = bool(state.get("guard:last_collapsed", False))
         count = sum(key.startswith("guard:weight_") for key in state)
         self._healthy = [state[f"guard:weight_{i}"] for i in range(count)] or None
 

@@ -10,15 +10,18 @@ Example:
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from deepstab import checks, datasets, distributed
 from deepstab.analysis.tracker import SampleStabilityTracker
-from deepstab.errors import DeepstabError
+from deepstab.checkpoint import Checkpoint
+from deepstab.errors import DeepstabError, DeepstabNote
 from deepstab.io import load_model
 from deepstab.methods.decs import DECS
 from deepstab.methods.lfss import LFSSModel
+from deepstab.runs.common import checkpoint_folder
 from deepstab.runs.decs import PRESETS, DECSRun, run_decs
 from deepstab.runs.lfss import LFSSRun, run_lfss
 from deepstab.runs.settings import RunSettings, setting
@@ -89,9 +92,21 @@ class StabilityRun(RunSettings):
 def run_stability(run: StabilityRun) -> dict:
     """Train ``run.method`` for ``run.epochs`` epochs with a :class:`SampleStabilityTracker`,
     then write the report to ``run.output``; return its summary (under torchrun, rank 0
-    writes and returns it, the other ranks return an empty dict)."""
+    writes and returns it, the other ranks return an empty dict).
+
+    The tracking is not kept in checkpoints, so an interrupted job trains the tracked epochs
+    again from their start (its pretrained autoencoder is reused), and says so."""
     out = Path(run.output)
     distributed.setup()
+    interrupted = Checkpoint(checkpoint_folder(out / "model.keras"))
+    if interrupted.exists and not run.fresh and distributed.is_main():
+        warnings.warn(
+            f"The stability tracking of an interrupted job is not saved, so the tracked training starts over "
+            f"(the checkpoint in {interrupted.folder} is deleted).",
+            DeepstabNote,
+            stacklevel=2,
+        )
+        interrupted.remove()
     with distributed.main_first():
         x, y = datasets.load(run.dataset, run.data_dir, image_size=run.image_size)
     tracker = SampleStabilityTracker(x, every=run.track_every)
