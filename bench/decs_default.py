@@ -77,7 +77,7 @@ def table(rows: list[dict]) -> str:
         ari = np.mean([r["ari"] for r in runs])
         lines.append(
             f"| {' '.join([dataset, *extra])} | {seeds} | {accs} | {cells[0]} | {cells[1]} | {ari:.3f} | {starts} | "
-            f"{collapses} | {times} ({runs[0]['threads']} threads) |"
+            f"{collapses} | {times} ({runs[0]['threads']} thread{'' if runs[0]['threads'] == '1' else 's'}) |"
         )
     return "\n".join(lines)
 

@@ -23,6 +23,7 @@ from deepstab.runs.decs import DECSRun, run_decs, summary
 from deepstab.runs.lfss import LFSSRun, run_lfss
 from deepstab.runs.lfss import summary as lfss_summary
 from deepstab.runs.predict import run_predict
+from deepstab.runs.report import run_report
 from deepstab.runs.settings import RunSettings, click_options
 from deepstab.runs.stability import StabilityRun, run_stability
 
@@ -74,7 +75,7 @@ def cli(verbose):
 
 
 @cli.command()
-@click_options(DECSRun)
+@click_options(DECSRun, "decs")
 @friendly_errors
 def decs(**options):
     """Cluster a dataset with DECS (IJCAI 2024): pretrain (or reuse) the autoencoder, cluster, evaluate, save."""
@@ -83,7 +84,7 @@ def decs(**options):
 
 
 @cli.command()
-@click_options(LFSSRun)
+@click_options(LFSSRun, "lfss")
 @friendly_errors
 def lfss(**options):
     """Train LFSS (ICML 2025) on a dataset, cluster its target embeddings with k-means, evaluate, save."""
@@ -114,7 +115,42 @@ def predict(model_path, dataset, data_dir, image_size, output):
 
 
 @cli.command()
-@click_options(StabilityRun)
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click_options(RunSettings, only=("dataset", "data_dir", "image_size"), required=("dataset",))
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for the page (index.html) and its images. [default: MODEL with .keras replaced by -<dataset>-report]",
+)
+@click.option(
+    "--export",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also sort the images into this new (or empty) folder: cluster-<k>/ per cluster and labels.csv; a folder: "
+    "dataset's files hard-linked under their own names (copied where links cannot be made), other images as PNGs.",
+)
+@click.option("--copy", is_flag=True, help="With --export: copy the files instead of hard-linking them.")
+@friendly_errors
+def report(model_path, dataset, data_dir, image_size, output, export, copy):
+    """Write a page of a saved model's clusters: their images, a map of the embedding, ACC/NMI/ARI with labels.
+
+    The page (index.html) loads only the images beside it, so it opens from disk in any browser."""
+    if copy and export is None:
+        raise DeepstabError("--copy chooses how --export sorts the images; give --export DIR with it.")
+    result = run_report(model_path, dataset, data_dir, output, image_size, export, copy)
+    if result.metrics:
+        click.echo(format_metrics(result.metrics))
+    click.echo(f"Cluster sizes: {result.sizes['counts']}")
+    click.echo(f"Wrote the cluster report to {result.page}")
+    if result.export:
+        done = result.export
+        how = ", ".join(f"{done[key]} {key}" for key in ("linked", "copied", "written") if done[key])
+        click.echo(f"Sorted {len(result.labels)} images into {export} ({how}); their labels are in {done['labels']}")
+
+
+@cli.command()
+@click_options(StabilityRun, "stability")
 @friendly_errors
 def stability(**options):
     """Train while tracking each sample's stability between epochs; report which samples are atypical."""

@@ -38,6 +38,7 @@ from deepstab.runs.common import (
     pretrained_autoencoder,
 )
 from deepstab.runs.progress import TimeEstimate
+from deepstab.runs.report import report_after_run
 from deepstab.runs.settings import RunSettings, default_of, output_path, setting
 
 METHOD_ONLY = {
@@ -347,6 +348,7 @@ def _cluster(run: CentroidRun, x: np.ndarray, y: np.ndarray | None, extra_callba
             history, result.reset_epochs, run.model_path.with_suffix(".png"), run.name.upper()
         )
     checkpoint.remove()
+    report_after_run(run, model, x, y, labels, confidence)
     return result
 
 

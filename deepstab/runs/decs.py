@@ -36,6 +36,7 @@ from deepstab.runs.common import (
     pretrained_autoencoder,
 )
 from deepstab.runs.progress import TimeEstimate
+from deepstab.runs.report import report_after_run
 from deepstab.runs.settings import RunSettings, default_of, output_path, setting
 
 # Schedules. "default" is one rule for every dataset, measured on USPS, MNIST-test and digits
@@ -331,6 +332,7 @@ def _cluster(run: DECSRun, model: DECS, x, y, extra_callbacks, pretrain_seconds:
     result.model_path = save_model(model, run.model_path)
     result.labels_path = write_labels_csv(run.model_path.with_suffix(".csv"), labels, result.confidence, y)
     checkpoint.remove()
+    report_after_run(run, model, x, y, labels, confidence)
     return result
 
 

@@ -34,6 +34,7 @@ from deepstab.metrics import cluster_sizes
 from deepstab.nn.networks import RESNETS
 from deepstab.runs.common import checkpoint_folder, choose_n_clusters, format_metrics, guarded_output
 from deepstab.runs.progress import TimeEstimate
+from deepstab.runs.report import report_after_run
 from deepstab.runs.settings import RunSettings, default_of, output_path, setting
 
 # The paper's schedule (LFSS §4.1) and a CPU-sized one (docs/results.md, "LFSS").
@@ -303,6 +304,7 @@ def _train(run: LFSSRun, x, y, callbacks: list | None, model: LFSSModel | None) 
         result.model_path = save_model(model, run.model_path)
         result.labels_path = write_labels_csv(run.model_path.with_suffix(".csv"), result.labels, None, y)
         checkpoint.remove()
+        report_after_run(run, model, x, y, result.labels, None, embeddings=z)
     distributed.barrier()
     return result
 

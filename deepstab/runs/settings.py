@@ -47,6 +47,10 @@ CONFLICTS: dict[tuple[str, str], str] = {
 }
 
 
+# The commands that train a model and write its cluster report at their end.
+TRAINING_COMMANDS = ("decs", "dec", "idec", "dcn", "lfss", "stability")
+
+
 def setting(
     default,
     help: str,
@@ -102,6 +106,13 @@ class RunSettings:
         "Start over: delete the checkpoint that an interrupted run on the same --output left (and that of its "
         "autoencoder's pretraining) instead of resuming it.",
         training=False,
+    )
+    report: bool = setting(
+        True,
+        "Write the cluster report beside the model: <model>-report/index.html, a page that shows what each cluster "
+        "holds, a map of the embedding and, with labels, the confusion matrix (`report` writes it for any model).",
+        training=False,
+        commands=TRAINING_COMMANDS,
     )
     verbose: int | None = setting(
         None, "Keras fit verbosity (None: bars on a terminal, else a line per epoch).", cli=False, training=False
