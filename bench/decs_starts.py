@@ -19,6 +19,8 @@ epochs, the default loss and collapse guard) then runs from the candidates that 
 picks (``--all`` runs every distinct candidate), recording the final ACC/NMI/ARI and whether the
 guard fired. The rules: ``inertia`` (the lowest: today's k-means with restarts), ``balanced@d``
 (the largest ``min_share`` among the candidates within ``d`` of the lowest inertia),
+``no-small@0.05`` (DECS's ``balanced`` start: the lowest inertia among the candidates within 5%
+of the lowest that have no cluster under two thirds of an even share, else the lowest),
 ``silhouette``, ``agreement``.
 
 Resumable: a row per dataset and seed in ``--results`` (JSON lines); a seed already there is
@@ -61,6 +63,8 @@ def rules(candidates: list[dict]) -> dict[str, int]:
     for d in TOLERANCES:
         near = [i for i, c in enumerate(candidates) if c["inertia"] <= best * (1 + d)]
         picks[f"balanced@{d:g}"] = max(near, key=lambda i: (candidates[i]["min_share"], -candidates[i]["inertia"]))
+    fine = [i for i, c in enumerate(candidates) if c["inertia"] <= best * 1.05 and c["min_share"] >= 2 / 3]
+    picks["no-small@0.05"] = min(fine, key=lambda i: candidates[i]["inertia"]) if fine else picks["inertia"]
     picks["silhouette"] = max(range(len(candidates)), key=lambda i: candidates[i]["silhouette"])
     picks["agreement"] = max(range(len(candidates)), key=lambda i: candidates[i]["agreement"])
     return picks
@@ -133,9 +137,9 @@ def table(rows: list[dict]) -> str:
     names = list(rules(rows[0]["candidates"])) if rows else []
     lines += ["| dataset | seed | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for r in rows:
-        cells = []
+        cells, picks = [], rules(r["candidates"])
         for name in names:
-            c = r["candidates"][r["picks"][name]]
+            c = r["candidates"][picks[name]]
             final = c.get("final")
             mark = "*" if final and final["collapse_epoch"] else ""
             cells.append(f"{final['acc']:.3f}{mark} ({c['start_acc']:.3f})" if final else f"- ({c['start_acc']:.3f})")

@@ -215,22 +215,23 @@ def test_collapse_guard_flags_a_shrinking_cluster():
     assert guard.check()["clusters_alive"] == 2.0 and guard.check()["collapsed"] == 1.0
 
 
-def test_the_balanced_start_is_the_most_balanced_partition_near_the_lowest_inertia():
+@pytest.mark.parametrize("spread", [1.0, 3.0])
+def test_the_balanced_start_passes_over_a_small_cluster_near_the_lowest_inertia(spread):
     from sklearn.cluster import KMeans
 
-    from deepstab.nn.kmeans import BALANCE_TOLERANCE, balanced_kmeans
+    from deepstab.nn.kmeans import BALANCE_TOLERANCE, SMALL_CLUSTER, balanced_kmeans
 
     rng = np.random.default_rng(0)  # five groups of unequal size and spread
-    z = np.concatenate(
-        [rng.normal(c, s, size=(n, 3)) for c, s, n in [(0, 1, 300), (4, 2, 80), (8, 1, 150), (12, 3, 60), (20, 1, 40)]]
-    )
+    groups = [(0, 1, 300), (4, 2, 80), (8, 1, 150), (12, spread, 60), (20, 1, 40)]
+    z = np.concatenate([rng.normal(c, s, size=(n, 3)) for c, s, n in groups])
     seeds = list(range(12))
     runs = [KMeans(5, n_init=1, random_state=s).fit(z) for s in seeds]
     inertia = np.array([r.inertia_ for r in runs])
     shares = np.array([np.bincount(r.labels_, minlength=5).min() * 5 / len(z) for r in runs])
-    near = inertia <= inertia.min() * (1 + BALANCE_TOLERANCE)
+    fine = (inertia <= inertia.min() * (1 + BALANCE_TOLERANCE)) & (shares >= SMALL_CLUSTER)
     start = balanced_kmeans(z, 5, seeds)
-    assert start.min_share == shares[near].max() and start.excess <= BALANCE_TOLERANCE
+    expected = inertia[fine].min() if fine.any() else inertia.min()
+    assert runs[start.index].inertia_ == expected and start.min_share == shares[start.index]
     np.testing.assert_array_equal(start.labels, runs[start.index].labels_)
     assert start.lowest_min_share == shares[np.argmin(inertia)]
     assert "k-means partitions" in start.describe()

@@ -52,7 +52,8 @@ class DECS(CentroidClusterer):
             stop), ``"stop"`` or ``"warn"`` (see :class:`deepstab.methods.collapse.CollapseGuard`).
         collapse_share: the shrinking threshold, relative to ``1 / K``.
         start: the clustering start: ``"balanced"`` (of 20 single-start k-means partitions of the
-            embeddings, the most balanced within 5% of the lowest inertia,
+            embeddings, the lowest-inertia one without a cluster under two thirds of an even
+            share, if one lies within 5% of the lowest inertia,
             :func:`~deepstab.nn.kmeans.balanced_kmeans`; kept as ``start_choice``) or
             ``"inertia"`` (k-means with 20 restarts, the lowest inertia, as the paper and the
             authors' code).

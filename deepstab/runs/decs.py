@@ -150,8 +150,9 @@ class DECSRun(RunSettings):
     )
     start: str = setting(
         default_of(DECS, "start"),
-        "Clustering start: balanced (of 20 k-means partitions, the most balanced within 5% of the lowest inertia) or "
-        "inertia (the lowest inertia, as the paper).",
+        "Clustering start: balanced (of 20 k-means partitions, the lowest-inertia one without a cluster under two "
+        "thirds of an even share, if one lies within 5% of the lowest inertia) or inertia (the lowest inertia, as the "
+        "paper).",
         choices=STARTS,
     )
     collapse_share: float = setting(
