@@ -228,14 +228,20 @@ def test_a_fault_of_a_write_outside_deepstab_io_is_still_one_paragraph(trained, 
 # ----------------------------------------------------------------------------- a real full disk
 
 
+def mount_tmpfs(folder: Path, options: str) -> None:
+    """Mount a tmpfs with ``options`` on the new folder ``folder``; skip the test where this user
+    may not mount one."""
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: {mounted.stderr.decode().strip() or 'mount failed'}")
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 64 MB tmpfs at ``tmp_path/disk`` (skipped where this user may not mount one)."""
     disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip() or 'mount failed'}")
+    mount_tmpfs(disk, "size=64m")
     yield disk
     subprocess.run(["umount", "-l", str(disk)], check=False)
 
@@ -311,10 +317,7 @@ def test_predict_checks_its_output_before_any_work(tmp_path, faults):
 
 def test_predict_into_a_read_only_mount(tmp_path):
     ro = tmp_path / "ro"
-    ro.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip() or 'mount failed'}")
+    mount_tmpfs(ro, "ro,size=1m")
     try:
         (tmp_path / "junk.keras").write_bytes(b"junk")  # would fail if it were loaded
         result = invoke("predict", tmp_path / "junk.keras", "--dataset", "nope", "--output", ro / "l.csv")
