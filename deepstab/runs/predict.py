@@ -29,23 +29,10 @@ class Prediction:
     labels_path: Path
 
 
-def run_predict(
-    model_path: str,
-    dataset: str,
-    data_dir: str | None = None,
-    output: str | None = None,
-    image_size: int | None = None,
-) -> Prediction:
-    """Label ``dataset`` with the model saved at ``model_path``; write the labels CSV to
-    ``output`` (default: beside the model, ``<model>-<dataset>.csv``).
-
-    Invariants: the model file must exist, and the output is checked (a writable folder, no
-    folder in the file's place) before anything is loaded; images of another size than the
-    model's are refused unless ``image_size``, the model's side, is given, and then resized
-    with a note."""
-    model_file = existing_model_file(model_path)
-    path = Path(output) if output else model_file.with_name(f"{model_file.stem}-{datasets.slug(dataset)}.csv")
-    check_output_file(path, "The labels file")
+def load_model_and_data(model_path: str, dataset: str, data_dir: str | None, image_size: int | None):
+    """``(model, x, y)``: the saved model (any deepstab method) and the images of ``dataset``,
+    which must have the model's shape; ``image_size``, the model's side, resizes them (with a
+    note). Anything else is one paragraph that says what to pass."""
     if image_size is not None:
         image_size = checks.positive_int("image_size", image_size)
     model = load_model(model_path, expect=MODEL_TYPES)
@@ -66,6 +53,27 @@ def run_predict(
             f"{model_path} was trained on images of shape {tuple(model.image_shape)}, but {dataset!r} has images of "
             f"shape {tuple(x.shape[1:])}.{resize}"
         )
+    return model, x, y
+
+
+def run_predict(
+    model_path: str,
+    dataset: str,
+    data_dir: str | None = None,
+    output: str | None = None,
+    image_size: int | None = None,
+) -> Prediction:
+    """Label ``dataset`` with the model saved at ``model_path``; write the labels CSV to
+    ``output`` (default: beside the model, ``<model>-<dataset>.csv``).
+
+    Invariants: the model file must exist, and the output is checked (a writable folder, no
+    folder in the file's place) before anything is loaded; images of another size than the
+    model's are refused unless ``image_size``, the model's side, is given, and then resized
+    with a note."""
+    model_file = existing_model_file(model_path)
+    path = Path(output) if output else model_file.with_name(f"{model_file.stem}-{datasets.slug(dataset)}.csv")
+    check_output_file(path, "The labels file")
+    model, x, y = load_model_and_data(model_path, dataset, data_dir, image_size)
     labels, confidence = model.predict_clusters(x)
     write_labels_csv(path, labels, confidence, y)
     return Prediction(

@@ -16,16 +16,16 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from deepstab import checks, datasets
+from deepstab import datasets
 from deepstab.analysis.cluster_export import check_export_folder, export_clusters
 from deepstab.analysis.cluster_report import write_cluster_report
 from deepstab.datasets.readers import folder_listing
 from deepstab.datasets.store import to_unit_float
 from deepstab.errors import DeepstabError
-from deepstab.io import existing_model_file, load_model, writable_folder
+from deepstab.io import existing_model_file, writable_folder
 from deepstab.methods.base import CentroidClusterer
-from deepstab.methods.lfss import LFSSModel
 from deepstab.metrics import cluster_sizes, evaluate
+from deepstab.runs.predict import load_model_and_data
 
 
 @dataclass
@@ -151,15 +151,7 @@ def run_report(
     writable_folder(folder, "The report folder")
     if export is not None:
         check_export_folder(export)
-    if image_size is not None:
-        image_size = checks.positive_int("image_size", image_size)
-    model = load_model(model_path, expect=(CentroidClusterer, LFSSModel))
-    x, y = datasets.load(dataset, data_dir, stream=True, image_size=image_size)
-    if tuple(x.shape[1:]) != tuple(model.image_shape):
-        raise DeepstabError(
-            f"{model_path} was trained on images of shape {tuple(model.image_shape)}, but {dataset!r} has images of "
-            f"shape {tuple(x.shape[1:])}. Use data of that shape (--image-size resizes square images)."
-        )
+    model, x, y = load_model_and_data(model_path, dataset, data_dir, image_size)
     labels, confidence, z, centroids = predict_with_embeddings(model, x)
     page = write_page(folder, model, dataset, x, y, labels, confidence, z, centroids, model_settings(model))
     exported = None
