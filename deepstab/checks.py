@@ -120,3 +120,30 @@ def n_clusters(name: str, value, n_samples: int | None = None) -> int:
             f"clusters or give more data."
         )
     return k
+
+
+AUTO = "auto"  # --n-clusters auto: K chosen from the embedding (deepstab.analysis.k_choice)
+
+
+def n_clusters_or_auto(name: str, value, n_samples: int | None = None) -> int | str:
+    """:func:`n_clusters`, or ``"auto"``."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return n_clusters(name, value, n_samples)
+    except DeepstabError:
+        if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+            raise DeepstabError(f"{name} must be a whole number of at least 2 or 'auto', got {value!r}.") from None
+        raise
+
+
+def k_range(name: str, value) -> str:
+    """Candidate numbers of clusters as ``"LOW:HIGH"`` (inclusive), ``2 <= LOW < HIGH``."""
+    parts = str(value).replace("..", ":").split(":")
+    try:
+        low, high = (int(p) for p in parts)
+    except ValueError:
+        raise DeepstabError(f"{name} must be two whole numbers as LOW:HIGH (say 2:30), got {value!r}.") from None
+    if low < 2 or high <= low:
+        raise DeepstabError(f"{name} must go from at least 2 to a larger number (say 2:30), got {value!r}.")
+    return f"{low}:{high}"

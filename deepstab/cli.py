@@ -18,6 +18,7 @@ from deepstab.errors import DeepstabError, DeepstabNote
 from deepstab.io import file_fault, is_file_fault
 from deepstab.runs.centroid import CentroidRun, run_centroid
 from deepstab.runs.centroid import summary as centroid_summary
+from deepstab.runs.choose_k import run_choose_k
 from deepstab.runs.common import format_metrics
 from deepstab.runs.decs import DECSRun, run_decs, summary
 from deepstab.runs.lfss import LFSSRun, run_lfss
@@ -147,6 +148,30 @@ def report(model_path, dataset, data_dir, image_size, output, export, copy):
         done = result.export
         how = ", ".join(f"{done[key]} {key}" for key in ("linked", "copied", "written") if done[key])
         click.echo(f"Sorted {len(result.labels)} images into {export} ({how}); their labels are in {done['labels']}")
+
+
+@cli.command(name="choose-k")
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click_options(RunSettings, only=("dataset", "data_dir", "image_size", "seed"), required=("dataset",))
+@click_options(DECSRun, only=("k_range",))
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="PNG file for the score against K. [default: MODEL with .keras replaced by -<dataset>-k.png]",
+)
+@friendly_errors
+def choose_k(model_path, dataset, data_dir, image_size, seed, k_range, output):
+    """Choose the number of clusters K for a dataset from a saved model's embedding, without labels.
+
+    Prints the score of every K (the silhouette of resampled t-SNE maps, and how well the
+    resamples' partitions agree) and the K chosen; `--n-clusters auto` on a training command
+    does the same after pretraining."""
+    choice, path = run_choose_k(model_path, dataset, data_dir, image_size, k_range, seed, output)
+    click.echo(choice.table())
+    click.echo(f"Chose {choice.describe()}")
+    if path:
+        click.echo(f"Wrote the score against K to {path}")
 
 
 @cli.command()

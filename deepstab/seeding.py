@@ -32,7 +32,7 @@ import keras
 import numpy as np
 
 # What a draw is for; the numbers are part of what a seed gives.
-PURPOSES = {"pretraining": 1, "clustering": 2, "kmeans": 3, "brb": 4, "centroid-pass": 5}
+PURPOSES = {"pretraining": 1, "clustering": 2, "kmeans": 3, "brb": 4, "centroid-pass": 5, "k-choice": 6}
 
 
 def _sequence(seed: int, purpose: str, keys: tuple[int, ...]) -> np.random.SeedSequence:

@@ -31,6 +31,7 @@ from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 import deepstab
+from deepstab.analysis.k_choice import KChoice
 from deepstab.errors import DeepstabError
 from deepstab.io import atomic_path
 from deepstab.metrics import evaluate
@@ -251,6 +252,7 @@ def write_cluster_report(
     dataset: str = "",
     settings: dict | None = None,
     seed: int = 0,
+    k_choice: KChoice | None = None,
 ) -> Path:
     """Write the cluster report of ``labels`` (in ``0..n_clusters-1``) of the images ``x`` (N,
     H, W, 1 or 3; uint8 or float in [0, 1], possibly memory-mapped: only the images shown are
@@ -262,7 +264,8 @@ def write_cluster_report(
     and the page says so. ``centres`` (K, D), the model's centroids, are drawn on the map
     (default: the members' means). ``y`` (labels, ``-1`` for none) adds ACC/NMI/ARI and the
     confusion matrix; ``class_names[c]`` names class ``c``; ``names[i]`` names image ``i``
-    (default ``#i``). ``settings`` are listed in the summary; ``seed`` draws the map's sample."""
+    (default ``#i``). ``settings`` are listed in the summary; ``seed`` draws the map's sample.
+    ``k_choice``, where the run chose K itself, adds its score-against-K curve (``choose-k.png``)."""
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     y = None if y is None else np.asarray(y).reshape(-1)
     z = np.asarray(embeddings, dtype=np.float32)
@@ -379,6 +382,13 @@ def write_cluster_report(
             + matrix
             + (f" {n - labelled:,} unlabelled images are left out." if labelled < n else "")
             + "</p></section>"
+        )
+    if k_choice is not None:
+        plotted = k_choice.plot(out / "choose-k.png")
+        parts.append(
+            "<section class='card' id='choose-k'><h2>How K was chosen</h2>"
+            + ("<img src='choose-k.png' alt='score against K' style='max-width:100%'>" if plotted else "")
+            + f"<p class='note'>Without labels (--n-clusters auto): {html.escape(k_choice.describe())}.</p></section>"
         )
     parts.append("</div>")
 

@@ -45,15 +45,24 @@ class CentroidClusterer(keras.Model):
         alpha: Student-t degrees of freedom α of the soft assignments.
         seed: the seed of the training's draws (batch orders, augmentations, k-means, BRB);
             ``None`` draws one from NumPy's global generator (see :func:`~deepstab.seeding.model_seed`).
+        k_choice: how K was chosen without labels, when it was
+            (:meth:`deepstab.analysis.k_choice.KChoice.to_config`); kept for the cluster report.
     """
 
     # Whether a stage-2 epoch leaves out the last, smaller batch.
     drop_last_batch = False
 
     def __init__(
-        self, n_clusters: int, autoencoder: AugmentedAutoencoder, alpha: float = 1.0, seed: int | None = None, **kwargs
+        self,
+        n_clusters: int,
+        autoencoder: AugmentedAutoencoder,
+        alpha: float = 1.0,
+        seed: int | None = None,
+        k_choice: dict | None = None,
+        **kwargs,
     ):
         super().__init__(**kwargs)
+        self.k_choice = k_choice
         self.n_clusters = checks.n_clusters("n_clusters", n_clusters)
         self.seed = seeding.model_seed(seed)
         self.autoencoder = autoencoder
@@ -247,4 +256,5 @@ class CentroidClusterer(keras.Model):
             "rotation": ae.rotation,
             "alpha": self.clustering.alpha,
             "seed": self.seed,
+            "k_choice": self.k_choice,
         }

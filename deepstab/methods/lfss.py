@@ -34,6 +34,7 @@ computed once from the embeddings of all samples, so every rank holds the same m
 
 from __future__ import annotations
 
+import json
 import math
 
 import keras
@@ -42,6 +43,7 @@ import torch
 from keras import ops
 
 from deepstab import allocator, checks, distributed, seeding
+from deepstab.analysis.k_choice import choose_k, parse_k_range
 from deepstab.analysis.measures import cosine_stability
 from deepstab.datasets.store import to_unit_float
 from deepstab.datasets.streaming import IndexedImages, indexed_batches
@@ -109,7 +111,11 @@ class LFSSModel(keras.Model):
 
     Args:
         input_shape: (H, W, C) of the images (NHWC floats in [0, 1]).
-        n_clusters: K, for the k-means pseudo-labels and :meth:`predict_labels`.
+        n_clusters: K, for the k-means pseudo-labels and :meth:`predict_labels`; ``None``
+            chooses it without labels from the target embeddings where it is first needed (the
+            end of the warm-up, else the end of training; :mod:`deepstab.analysis.k_choice`).
+        k_range: the candidates of that choice, ``"LOW:HIGH"`` (default ``K_RANGE``).
+        k_choice: how K was chosen, once it was (kept for the cluster report).
         depth: ResNet depth, 18, 34 or 50.
         width: channel multiplier of the ResNet (1.0 is the standard network).
         hidden, dim: hidden size and output size of projector and predictor (4096, 256).
@@ -146,7 +152,7 @@ class LFSSModel(keras.Model):
     def __init__(
         self,
         input_shape: tuple[int, int, int],
-        n_clusters: int,
+        n_clusters: int | None,
         depth: int = 18,
         width: float = 1.0,
         hidden: int = 4096,
@@ -167,12 +173,15 @@ class LFSSModel(keras.Model):
         queue_size: int = 4096,
         seed: int | None = None,
         sync_batch_norm: bool = False,
+        k_range: str | None = None,
+        k_choice: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.k_range, self.k_choice = parse_k_range(k_range), k_choice
         checks.choice("base", base, BASES)
         checks.choice("depth", depth, tuple(RESNETS))
-        n_clusters = checks.n_clusters("n_clusters", n_clusters)
+        n_clusters = None if n_clusters is None else checks.n_clusters("n_clusters", n_clusters)
         checks.in_range("delta (the share of unstable samples left out)", delta, 0.0, 1.0, high_open=True)
         checks.in_range("momentum", momentum, 0.0, 1.0)
         checks.non_negative_int("eta", eta)
@@ -186,7 +195,7 @@ class LFSSModel(keras.Model):
         self.image_shape = tuple(int(s) for s in input_shape)
         channels = self.image_shape[-1]
         self.n_clusters, self.depth, self.width, self.hidden, self.dim = (
-            int(n_clusters),
+            n_clusters,
             int(depth),
             float(width),
             int(hidden),
@@ -320,7 +329,9 @@ class LFSSModel(keras.Model):
         glibc's allocator for training first (:func:`deepstab.allocator.keep_large_blocks`)."""
         allocator.keep_large_blocks()
         distributed.setup()
-        data = indexed_batches(x, self.image_shape, self.n_clusters, batch_size, shuffle, self.seed, "LFSSModel.fit")
+        data = indexed_batches(
+            x, self.image_shape, self.n_clusters or 2, batch_size, shuffle, self.seed, "LFSSModel.fit"
+        )
         if isinstance(data, IndexedImages):
             data.epoch = int(kwargs.get("initial_epoch", 0))  # the order of a resumed epoch
         if getattr(self, "_needs_optimizer", False):
@@ -445,7 +456,22 @@ class LFSSModel(keras.Model):
         """Cosine k-means (K = ``n_clusters``, 10 restarts) on the unit-normalised target
         embeddings of ``x``, as the authors' evaluation."""
         z = self.embed(x) if embeddings is None else embeddings
+        self.choose_n_clusters(z)
         return cosine_kmeans(_unit(z), self.n_clusters, seed=seed)
+
+    def choose_n_clusters(self, z: np.ndarray) -> None:
+        """Choose K from the target embeddings ``z`` of every image (unit-normalised, as the
+        cosine k-means sees them) when it is not set yet; under torchrun rank 0 chooses and the
+        other ranks take its choice."""
+        if self.n_clusters is not None:
+            return
+        config = None
+        if distributed.is_main():
+            choice = choose_k(_unit(z), self.k_range, seed=self.seed)
+            print(f"Chose {choice.describe()}", flush=True)
+            config = choice.to_config()
+        self.k_choice = distributed.broadcast_object(config)
+        self.n_clusters = self.k_choice["k"]
 
     def evaluate_clustering(self, x, y, runs: int = 10, embeddings: np.ndarray | None = None) -> dict[str, float]:
         """ACC/NMI/ARI of k-means on the target embeddings, mean and std over ``runs`` seeds
@@ -469,6 +495,8 @@ class LFSSModel(keras.Model):
         stabilities are gathered, so every rank holds the same state."""
         part = distributed.shard(len(x))  # under torchrun each rank embeds and clusters its slice
         z_t = self.embed(x[part])
+        if self.n_clusters is None:
+            self.choose_n_clusters(distributed.gather_array(z_t, len(x)))
         stability = distributed.gather_array(cosine_stability(z_t, self.predecessor_embed(x[part])), len(x))
         labels = distributed.gather_array(cosine_kmeans(z_t, self.n_clusters, seed=0, sharded=True), len(x))
         n_drop = int(math.floor(self.delta * len(x)))
@@ -489,13 +517,17 @@ class LFSSModel(keras.Model):
         return [self.augment.seed_generator, self.noise_seed]
 
     def training_state(self) -> dict[str, np.ndarray]:
-        """The per-sample state of ``L_C`` (pseudo-labels and keep mask), for checkpoints."""
+        """The per-sample state of ``L_C`` (pseudo-labels and keep mask) and a chosen K, for checkpoints."""
+        state = {"k_choice": np.array(json.dumps(self.k_choice))} if self.k_choice else {}
         if self.pseudo_labels is None:
-            return {}
-        return {"labels": ops.convert_to_numpy(self.pseudo_labels), "keep": ops.convert_to_numpy(self.keep)}
+            return state
+        return state | {"labels": ops.convert_to_numpy(self.pseudo_labels), "keep": ops.convert_to_numpy(self.keep)}
 
     def restore_training_state(self, state: dict[str, np.ndarray]) -> None:
         """Put back what :meth:`training_state` returned."""
+        if "k_choice" in state:
+            self.k_choice = json.loads(str(state["k_choice"]))
+            self.n_clusters = self.k_choice["k"]
         if "labels" in state:
             self.set_cluster_state(state["labels"], state["keep"])
 
@@ -529,6 +561,8 @@ class LFSSModel(keras.Model):
             "queue_size": self.queue_size,
             "seed": self.seed,
             "sync_batch_norm": self.sync_batch_norm,
+            "k_range": f"{self.k_range[0]}:{self.k_range[1]}",
+            "k_choice": self.k_choice,
         }
 
 

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from deepstab import checks, datasets, distributed
+from deepstab.analysis.k_choice import parse_k_range
 from deepstab.analysis.progress import LabelMetrics
 from deepstab.checkpoint import Checkpoint
 from deepstab.errors import DeepstabError
@@ -33,13 +34,14 @@ from deepstab.runs.common import (
     autoencoder_path,
     checkpoint_folder,
     choose_n_clusters,
+    chosen_k,
     format_metrics,
     guarded_output,
     pretrained_autoencoder,
 )
 from deepstab.runs.progress import TimeEstimate
 from deepstab.runs.report import report_after_run
-from deepstab.runs.settings import RunSettings, default_of, output_path, setting
+from deepstab.runs.settings import RunSettings, default_of, k_range_setting, n_clusters_setting, output_path, setting
 
 METHOD_ONLY = {
     "target": ("dec", "idec"),
@@ -75,9 +77,8 @@ class CentroidRun(RunSettings):
 
     method: str = setting("dec", "The centroid method.", choices=tuple(METHODS), cli=False)
     dataset: str = setting("usps", "Dataset name (see `datasets`), npz:PATH or folder:PATH.")
-    n_clusters: int | None = setting(
-        None, "Number of clusters K. [default: the dataset's number of classes]", check=checks.n_clusters
-    )
+    n_clusters: str | int | None = n_clusters_setting()
+    k_range: str | None = k_range_setting()
     embedding_dim: int | None = setting(
         None, "Embedding size e of d-1024-512-256-e. [default: K]", check=checks.positive_int
     )
@@ -258,17 +259,32 @@ class CentroidResult:
     plot_path: Path | None = None
 
 
-def build_model(run: CentroidRun, shape: tuple[int, ...], k: int) -> FeedForwardClusterer:
-    return METHODS[run.method](k, shape, **run.model_settings())
+def build_model(run: CentroidRun, shape: tuple[int, ...], k: int, **settings) -> FeedForwardClusterer:
+    return METHODS[run.method](k, shape, **(run.model_settings() | settings))
+
+
+# The embedding size e of a run that chooses K (the default e = K is not known before the
+# autoencoder is pretrained): the authors' e on their ten-class datasets.
+AUTO_EMBEDDING_DIM = 10
 
 
 def pretrained_model(run: CentroidRun, x: np.ndarray, y: np.ndarray | None) -> tuple[FeedForwardClusterer, float]:
     """A new model of the run's method whose autoencoder is the shared pretrained one (pretrained
-    and saved first when it is not there yet); also the seconds spent pretraining."""
-    model = build_model(run, tuple(x.shape[1:]), choose_n_clusters(run, y, len(x)))
-    settings = {name: getattr(run, name) for name in AUTOENCODER_SETTINGS} | {"n_clusters": model.n_clusters}
+    and saved first when it is not there yet); also the seconds spent pretraining. With
+    ``--n-clusters auto``, K is chosen from the pretrained embedding (:func:`chosen_k`)."""
+    k = choose_n_clusters(run, y, len(x))
+    auto = k == checks.AUTO
+    shape = tuple(x.shape[1:])
+    fixed = {"embedding_dim": run.embedding_dim or AUTO_EMBEDDING_DIM} if auto else {}
+    model = build_model(run, shape, parse_k_range(run.k_range)[0] if auto else k, **fixed)
+    settings = {name: getattr(run, name) for name in AUTOENCODER_SETTINGS} | {"n_clusters": k}
     path = autoencoder_path(run, "dense-ae", x, settings)
-    return model, pretrained_autoencoder(run, model, x, path, "feed-forward autoencoder")
+    seconds = pretrained_autoencoder(run, model, x, path, "feed-forward autoencoder")
+    if auto:  # the same autoencoder under the clustering layer of the chosen K
+        choice = chosen_k(run, model.embed(x))
+        pretrained, model = model, build_model(run, shape, choice.k, k_choice=choice.to_config(), **fixed)
+        model.autoencoder.set_weights(pretrained.autoencoder.get_weights())
+    return model, seconds
 
 
 def run_centroid(

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from deepstab import checks, datasets
+from deepstab.analysis.k_choice import KChoice, check_range, choose_k, parse_k_range
 from deepstab.checkpoint import Checkpoint
 from deepstab.errors import DeepstabError
 from deepstab.io import check_model_path, load_model, output_lock, save_model, writable_folder
@@ -22,9 +23,10 @@ from deepstab.methods.base import CentroidClusterer
 from deepstab.runs.progress import TimeEstimate
 
 
-def choose_n_clusters(run, y: np.ndarray | None, n_samples: int) -> int:
-    """K for a run (anything with ``n_clusters`` and ``dataset``): the explicit value, else the
-    dataset's number of classes, else the number of distinct labels; checked against N."""
+def choose_n_clusters(run, y: np.ndarray | None, n_samples: int) -> int | str:
+    """K for a run (anything with ``n_clusters`` and ``dataset``): the explicit value (a number or
+    ``"auto"``), else the dataset's number of classes, else the number of distinct labels, else
+    (no labels) ``"auto"``; a number is checked against N."""
     if run.n_clusters is not None:
         k = run.n_clusters
     elif run.dataset in datasets.REGISTRY and datasets.REGISTRY[run.dataset].n_classes:
@@ -32,10 +34,30 @@ def choose_n_clusters(run, y: np.ndarray | None, n_samples: int) -> int:
     elif y is not None:
         k = len(np.unique(y[y >= 0]))
     else:
-        raise DeepstabError(
-            f"Dataset {run.dataset!r} has no labels, so the number of clusters is unknown: pass --n-clusters."
-        )
+        print(f"{run.dataset!r} has no labels and no --n-clusters was given: choosing K from the embedding.")
+        k = checks.AUTO
+    if k == checks.AUTO:
+        check_range(parse_k_range(run.k_range), n_samples)
+        return k
     return checks.n_clusters("n_clusters", k, n_samples)
+
+
+def chosen_k(run, z: np.ndarray) -> KChoice:
+    """Choose K for ``run`` (its ``k_range`` and ``seed``) from the embeddings ``z``; print the
+    table and one line on the choice, and write the score-against-K plot beside the model."""
+    print(f"Choosing K from the embedding of {len(z)} images (--n-clusters auto) ...", flush=True)
+    start = time.perf_counter()
+    choice = choose_k(z, parse_k_range(run.k_range), seed=run.seed)
+    print(choice.table())
+    print(f"Chose {choice.describe()}; in {time.perf_counter() - start:.0f} s.")
+    if choice.plot(k_plot_path(run.model_path)):
+        print(f"The score against K: {k_plot_path(run.model_path)}")
+    return choice
+
+
+def k_plot_path(model_path: Path) -> Path:
+    """Where a run that chose K keeps its score-against-K plot: ``<model>-k.png``."""
+    return model_path.with_name(model_path.stem + "-k.png")
 
 
 # Short epochs are checkpointed at most this often, in seconds (a killed run loses at most this

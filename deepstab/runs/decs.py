@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from deepstab import checks, datasets, distributed
+from deepstab.analysis.k_choice import parse_k_range
 from deepstab.analysis.progress import LabelMetrics
 from deepstab.checkpoint import Checkpoint
 from deepstab.errors import DeepstabError
@@ -31,13 +32,14 @@ from deepstab.runs.common import (
     autoencoder_path,
     checkpoint_folder,
     choose_n_clusters,
+    chosen_k,
     format_metrics,
     guarded_output,
     pretrained_autoencoder,
 )
 from deepstab.runs.progress import TimeEstimate
 from deepstab.runs.report import report_after_run
-from deepstab.runs.settings import RunSettings, default_of, output_path, setting
+from deepstab.runs.settings import RunSettings, default_of, k_range_setting, n_clusters_setting, output_path, setting
 
 # Schedules. "default" is one rule for every dataset, measured on USPS, MNIST-test and digits
 # (docs/results.md, bench/decs_pretraining.py): pretraining is counted in Adam steps, because the
@@ -93,9 +95,8 @@ class DECSRun(RunSettings):
         return Adam(keras.optimizers.schedules.CosineDecay(self.lr, max(steps, 1), alpha=0.0))
 
     preset: str = setting("default", PRESET_HELP, choices=tuple(PRESETS))
-    n_clusters: int | None = setting(
-        None, "Number of clusters. [default: the dataset's number of classes]", check=checks.n_clusters
-    )
+    n_clusters: str | int | None = n_clusters_setting()
+    k_range: str | None = k_range_setting()
     pretrain_epochs: int | None = setting(
         None,
         f"Autoencoder pretraining epochs (with --pretrain-steps: at most this many). {FROM_PRESET}",
@@ -261,7 +262,21 @@ def run_decs(
 
 def _pretrain_and_cluster(run: DECSRun, x: np.ndarray, y: np.ndarray | None, callbacks: list | None) -> DECSResult:
     k = choose_n_clusters(run, y, len(x))
-    model = DECS(
+    auto = k == checks.AUTO
+    model = _model(run, x, parse_k_range(run.k_range)[0] if auto else k)
+    path = run.autoencoder_path(x, model)
+    pretrain_seconds = pretrained_autoencoder(
+        run, model, x, path, epochs=run.pretraining_epochs(len(x)), optimizer=run.pretrain_optimizer(len(x))
+    )
+    if auto:  # the same autoencoder under the clustering layer of the chosen K
+        choice = chosen_k(run, model.embed(x))
+        pretrained, model = model, _model(run, x, choice.k, k_choice=choice.to_config())
+        model.autoencoder.set_weights(pretrained.autoencoder.get_weights())
+    return _cluster(run, model, x, y, callbacks, pretrain_seconds, initialise=True)
+
+
+def _model(run: DECSRun, x: np.ndarray, k: int, k_choice: dict | None = None) -> DECS:
+    return DECS(
         n_clusters=k,
         input_shape=x.shape[1:],
         alpha=run.alpha,
@@ -273,12 +288,8 @@ def _pretrain_and_cluster(run: DECSRun, x: np.ndarray, y: np.ndarray | None, cal
         collapse_share=run.collapse_share,
         start=run.start,
         seed=run.seed,
+        k_choice=k_choice,
     )
-    path = run.autoencoder_path(x, model)
-    pretrain_seconds = pretrained_autoencoder(
-        run, model, x, path, epochs=run.pretraining_epochs(len(x)), optimizer=run.pretrain_optimizer(len(x))
-    )
-    return _cluster(run, model, x, y, callbacks, pretrain_seconds, initialise=True)
 
 
 def _cluster(run: DECSRun, model: DECS, x, y, extra_callbacks, pretrain_seconds: float, initialise: bool) -> DECSResult:

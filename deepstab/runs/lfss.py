@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from deepstab import checks, datasets, distributed
+from deepstab.analysis.k_choice import KChoice
 from deepstab.checkpoint import Checkpoint
 from deepstab.datasets.store import to_unit_float
 from deepstab.datasets.streaming import IndexedImages
@@ -32,10 +33,10 @@ from deepstab.io import save_model, write_labels_csv
 from deepstab.methods.lfss import BASES, LFSSModel, lfss_optimizer
 from deepstab.metrics import cluster_sizes
 from deepstab.nn.networks import RESNETS
-from deepstab.runs.common import checkpoint_folder, choose_n_clusters, format_metrics, guarded_output
+from deepstab.runs.common import checkpoint_folder, choose_n_clusters, format_metrics, guarded_output, k_plot_path
 from deepstab.runs.progress import TimeEstimate
 from deepstab.runs.report import report_after_run
-from deepstab.runs.settings import RunSettings, default_of, output_path, setting
+from deepstab.runs.settings import RunSettings, default_of, k_range_setting, n_clusters_setting, output_path, setting
 
 # The paper's schedule (LFSS §4.1) and a CPU-sized one (docs/results.md, "LFSS").
 PRESETS: dict[str, dict[str, float | int]] = {
@@ -100,9 +101,8 @@ class LFSSRun(RunSettings):
 
     dataset: str = setting("cifar10-jpg", "Dataset name (see `datasets`), npz:PATH or folder:PATH.")
     preset: str = setting("paper", PRESET_HELP, choices=tuple(PRESETS))
-    n_clusters: int | None = setting(
-        None, "Number of clusters K. [default: the dataset's number of classes]", check=checks.n_clusters
-    )
+    n_clusters: str | int | None = n_clusters_setting()
+    k_range: str | None = k_range_setting()
     epochs: int | None = setting(None, f"Training epochs. {FROM_PRESET}", check=checks.positive_int)
     batch_size: int | None = setting(
         None, f"Batch size (per process under torchrun). {FROM_PRESET}", check=checks.positive_int
@@ -202,11 +202,12 @@ def _normalisation(dataset: str, x: np.ndarray) -> tuple[tuple[float, ...], tupl
     return tuple(sample.mean(axis=(0, 1, 2)).tolist()), tuple(np.maximum(sample.std(axis=(0, 1, 2)), 1e-3).tolist())
 
 
-def build_model(run: LFSSRun, x: np.ndarray, k: int) -> LFSSModel:
+def build_model(run: LFSSRun, x: np.ndarray, k: int | str) -> LFSSModel:
+    """The run's model; ``k="auto"`` leaves K to be chosen from the embedding (:class:`LFSSModel`)."""
     mean, std = _normalisation(run.dataset, x)
     return LFSSModel(
         x.shape[1:],
-        k,
+        None if k == checks.AUTO else k,
         depth=run.depth,
         width=run.width,
         hidden=run.hidden,
@@ -224,6 +225,7 @@ def build_model(run: LFSSRun, x: np.ndarray, k: int) -> LFSSModel:
         std=std,
         seed=run.seed,
         sync_batch_norm=run.sync_batch_norm,
+        k_range=run.k_range,
     )
 
 
@@ -296,9 +298,12 @@ def _train(run: LFSSRun, x, y, callbacks: list | None, model: LFSSModel | None) 
 
     z = distributed.gather_array(model.embed(x[distributed.shard(len(x))]), len(x))
     result = LFSSResult(model, np.zeros(0, np.int64), None, {}, seconds, history)
+    model.choose_n_clusters(z)  # with --n-clusters auto, where no L_C epoch chose K
     if main:
+        if model.k_choice:
+            KChoice.from_config(model.k_choice).plot(k_plot_path(run.model_path))
         result.labels = model.predict_labels(x, seed=run.seed, embeddings=z)
-        result.sizes = cluster_sizes(result.labels, k)
+        result.sizes = cluster_sizes(result.labels, model.n_clusters)
         if y is not None and (y >= 0).any():
             result.metrics = model.evaluate_clustering(x, y, runs=run.eval_runs, embeddings=z)
         result.model_path = save_model(model, run.model_path)

@@ -19,6 +19,7 @@ import numpy as np
 from deepstab import datasets
 from deepstab.analysis.cluster_export import check_export_folder, export_clusters
 from deepstab.analysis.cluster_report import write_cluster_report
+from deepstab.analysis.k_choice import KChoice
 from deepstab.datasets.readers import folder_listing
 from deepstab.datasets.store import to_unit_float
 from deepstab.errors import DeepstabError
@@ -116,6 +117,7 @@ def write_page(
         dataset=dataset,
         settings=settings,
         seed=seed,
+        k_choice=KChoice.from_config(getattr(model, "k_choice", None)),
     )
 
 

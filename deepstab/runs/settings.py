@@ -80,6 +80,28 @@ def setting(
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def n_clusters_setting():
+    """The ``--n-clusters`` field of every training run (a number, or ``auto``)."""
+    return setting(
+        None,
+        "Number of clusters K, or 'auto' to choose it without labels from the learned embedding (the silhouette of "
+        "resampled t-SNE maps; see --k-range). [default: the dataset's number of classes; auto when the data has "
+        "no labels]",
+        check=checks.n_clusters_or_auto,
+    )
+
+
+def k_range_setting():
+    """The ``--k-range`` field of every training run."""
+    from deepstab.analysis.k_choice import K_RANGE
+
+    return setting(
+        None,
+        f"The candidates of --n-clusters auto, as LOW:HIGH. [default: {K_RANGE[0]}:{K_RANGE[1]}]",
+        check=checks.k_range,
+    )
+
+
 def default_of(cls: type, argument: str):
     """The default of ``argument`` in ``cls.__init__``: the one source of a model default."""
     return inspect.signature(cls.__init__).parameters[argument].default
