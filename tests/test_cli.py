@@ -163,8 +163,10 @@ def test_stability_writes_every_promised_file(tmp_path, blobs_npz):
         "unstable_samples.png",
         "stable_samples.png",
         "model.keras",
+        "model-report/index.html",
     ):
         assert (out / name).is_file(), name
+    assert "Least stable (tracked over training)" in (out / "model-report" / "index.html").read_text()
     with open(out / "stability.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 120 and list(rows[0]) == ["index", "label", "epoch_1", "epoch_2", "epoch_3", "cluster"]

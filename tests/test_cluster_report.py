@@ -138,6 +138,32 @@ def test_page_of_a_clustering_without_confidence_says_how_it_ranks(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cluster-0.png", "cluster-2.png", "index.html"]
 
 
+def test_page_shows_each_clusters_least_stable_members_where_a_run_tracked_them(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 200
+    x = rng.uniform(size=(n, 6, 6, 1)).astype(np.float32)
+    labels = np.repeat([0, 1], n // 2)
+    confidence = rng.uniform(0.5, 1.0, size=n)
+    stability = np.ones(n)
+    shaky = [3, 57, 140, 199]  # few stable ones in each cluster, none among the most confident
+    stability[shaky] = [0.1, 0.2, 0.3, 0.4]
+    confidence[shaky] = 0.75
+    page = write_cluster_report(
+        tmp_path, x, labels, rng.normal(size=(n, 4)), 2, confidence=confidence, stability=stability
+    )
+    text = page.read_text()
+    assert "Least stable (tracked over training)" in text and "Least confident" not in text
+    for k in (0, 1):
+        section = text.split(f"id='cluster-{k}'")[1].split("</section>")[0]
+        least = section.split("Least stable")[1]
+        shown = [int(i) for i in re.findall(r"\(index (\d+)\)", least)]
+        expected = [i for i in shaky if labels[i] == k]
+        assert shown[: len(expected)] == expected  # least stable first
+        assert all(stability[i] == 1.0 for i in shown[len(expected) :])
+    plain = write_cluster_report(tmp_path / "plain", x, labels, rng.normal(size=(n, 4)), 2, confidence=confidence)
+    assert "Least confident" in plain.read_text()
+
+
 def test_page_cost_is_bounded_whatever_n_and_k(tmp_path):
     rng = np.random.default_rng(0)
     n, k = 4000, 300

@@ -253,6 +253,7 @@ def write_cluster_report(
     settings: dict | None = None,
     seed: int = 0,
     k_choice: KChoice | None = None,
+    stability: np.ndarray | None = None,
 ) -> Path:
     """Write the cluster report of ``labels`` (in ``0..n_clusters-1``) of the images ``x`` (N,
     H, W, 1 or 3; uint8 or float in [0, 1], possibly memory-mapped: only the images shown are
@@ -265,7 +266,10 @@ def write_cluster_report(
     (default: the members' means). ``y`` (labels, ``-1`` for none) adds ACC/NMI/ARI and the
     confusion matrix; ``class_names[c]`` names class ``c``; ``names[i]`` names image ``i``
     (default ``#i``). ``settings`` are listed in the summary; ``seed`` draws the map's sample.
-    ``k_choice``, where the run chose K itself, adds its score-against-K curve (``choose-k.png``)."""
+    ``k_choice``, where the run chose K itself, adds its score-against-K curve (``choose-k.png``).
+    ``stability`` (N), where the run tracked it (each image's mean stability over the tracked
+    epochs, :class:`~deepstab.analysis.tracker.SampleStabilityTracker`), picks each cluster's
+    least stable members in place of its least confident ones."""
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     y = None if y is None else np.asarray(y).reshape(-1)
     z = np.asarray(embeddings, dtype=np.float32)
@@ -295,7 +299,10 @@ def write_cluster_report(
         members = np.flatnonzero(labels == k)
         order = members[np.argsort(-confidence[members], kind="stable")].tolist()
         half = min(shown_per_end, -(-len(order) // 2))
-        least = order[::-1][: min(shown_per_end, len(order) - half)]
+        rest = order[half:]
+        if stability is not None:  # the least stable of the members not shown as most confident
+            rest = sorted(rest, key=lambda i: (-stability[i], i))
+        least = rest[::-1][:shown_per_end]
         shown[k] = _write_sprite(out, k, x, order[:half], least, shown_per_end)
 
     from sklearn.decomposition import PCA
@@ -398,6 +405,8 @@ def write_cluster_report(
         left, top = sprite.positions[i]
         info = f"{name} (index {i}), confidence {confidence[i]:.3f}"
         second = f"{confidence[i]:.2f}"
+        if stability is not None:
+            info += f", stability {stability[i]:.3f}"
         if y is not None and y[i] >= 0:
             info += f", label {class_name(int(y[i]))}"
             off = k in matched and matched[k] != int(y[i])
@@ -409,10 +418,18 @@ def write_cluster_report(
         )
 
     parts.append(
-        f"<p class='note'>{confidence_note} Each cluster shows its {shown_per_end} most and {shown_per_end} least "
-        "confident members (all of them when it has fewer), captioned with their file name or index"
+        f"<p class='note'>{confidence_note} Each cluster shows its {shown_per_end} most confident and "
+        f"{shown_per_end} least {'stable' if stability is not None else 'confident'} members (all of them when it has "
+        "fewer), captioned with their file name or index"
         + (", true label (red: not the class the cluster is matched to)" if metrics is not None else "")
-        + " and confidence.</p>"
+        + " and confidence"
+        + (
+            "; the least stable ones are those whose embedding moved most between the tracked epochs (their mean "
+            "stability is in each image's tooltip)"
+            if stability is not None
+            else ""
+        )
+        + ".</p>"
     )
     for k in range(n_clusters):
         share = sizes[k] / n
@@ -432,9 +449,8 @@ def write_cluster_report(
         parts.append(f"<p class='note'>Mean confidence {mean:.3f}.</p>")
         parts.append("<h3>Most confident</h3><div class='tiles'>" + "".join(tile(i, s, k) for i in s.most) + "</div>")
         if s.least:
-            parts.append(
-                "<h3>Least confident</h3><div class='tiles'>" + "".join(tile(i, s, k) for i in s.least) + "</div>"
-            )
+            heading = "Least stable (tracked over training)" if stability is not None else "Least confident"
+            parts.append(f"<h3>{heading}</h3><div class='tiles'>" + "".join(tile(i, s, k) for i in s.least) + "</div>")
         parts.append("</section>")
     parts.append("</main></body></html>")
     page = out / "index.html"

@@ -364,7 +364,7 @@ def _cluster(run: CentroidRun, x: np.ndarray, y: np.ndarray | None, extra_callba
             history, result.reset_epochs, run.model_path.with_suffix(".png"), run.name.upper()
         )
     checkpoint.remove()
-    report_after_run(run, model, x, y, labels, confidence)
+    report_after_run(run, model, x, y, labels, confidence, callbacks=extra_callbacks)
     return result
 
 

@@ -344,7 +344,7 @@ def _cluster(run: DECSRun, model: DECS, x, y, extra_callbacks, pretrain_seconds:
     result.model_path = save_model(model, run.model_path)
     result.labels_path = write_labels_csv(run.model_path.with_suffix(".csv"), labels, result.confidence, y)
     checkpoint.remove()
-    report_after_run(run, model, x, y, labels, confidence)
+    report_after_run(run, model, x, y, labels, confidence, callbacks=extra_callbacks)
     return result
 
 

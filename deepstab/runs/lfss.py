@@ -309,7 +309,7 @@ def _train(run: LFSSRun, x, y, callbacks: list | None, model: LFSSModel | None) 
         result.model_path = save_model(model, run.model_path)
         result.labels_path = write_labels_csv(run.model_path.with_suffix(".csv"), result.labels, None, y)
         checkpoint.remove()
-        report_after_run(run, model, x, y, result.labels, None, embeddings=z)
+        report_after_run(run, model, x, y, result.labels, None, embeddings=z, callbacks=callbacks)
     distributed.barrier()
     return result
 

@@ -20,6 +20,7 @@ from deepstab import datasets
 from deepstab.analysis.cluster_export import check_export_folder, export_clusters
 from deepstab.analysis.cluster_report import write_cluster_report
 from deepstab.analysis.k_choice import KChoice
+from deepstab.analysis.tracker import SampleStabilityTracker
 from deepstab.datasets.readers import folder_listing
 from deepstab.datasets.store import to_unit_float
 from deepstab.errors import DeepstabError
@@ -98,9 +99,10 @@ def write_page(
     centroids: np.ndarray | None,
     settings: dict[str, object],
     seed: int = 0,
+    stability: np.ndarray | None = None,
 ) -> Path:
     """The page of ``model``'s clustering of ``dataset`` in ``folder`` (file names and class
-    names from a ``folder:`` dataset)."""
+    names from a ``folder:`` dataset; ``stability``, where tracked, picks the least stable members)."""
     found = folder_files(dataset, len(labels))
     return write_cluster_report(
         folder,
@@ -118,6 +120,7 @@ def write_page(
         settings=settings,
         seed=seed,
         k_choice=KChoice.from_config(getattr(model, "k_choice", None)),
+        stability=stability,
     )
 
 
@@ -175,12 +178,21 @@ def run_report(
 
 
 def report_after_run(
-    run, model, x, y, labels: np.ndarray, confidence: np.ndarray | None, embeddings: np.ndarray | None = None
+    run,
+    model,
+    x,
+    y,
+    labels: np.ndarray,
+    confidence: np.ndarray | None,
+    embeddings: np.ndarray | None = None,
+    callbacks: list | None = None,
 ) -> Path | None:
     """The page a training run writes at its end, after its model and labels are saved:
     ``<model>-report/index.html`` beside ``run.model_path``, unless ``run.report`` is off.
-    ``embeddings``, the run's own of ``x``, save computing them again. Prints where the page
-    is; returns its path (None when off)."""
+    ``embeddings``, the run's own of ``x``, save computing them again; a
+    :class:`~deepstab.analysis.tracker.SampleStabilityTracker` among the run's ``callbacks``
+    gives each cluster's least stable members. Prints where the page is; returns its path (None
+    when off)."""
     if not run.report:
         return None
     centroids = None
@@ -190,6 +202,8 @@ def report_after_run(
     z = model.embed(x) if embeddings is None else embeddings
     settings = {key: value for key, value in run.training_settings().items() if key != "dataset"}
     folder = run.model_path.with_name(f"{run.model_path.stem}-report")
-    page = write_page(folder, model, run.dataset, x, y, labels, confidence, z, centroids, settings, run.seed)
+    trackers = [c for c in callbacks or [] if isinstance(c, SampleStabilityTracker) and c.epochs]
+    stability = trackers[0].stability.mean(axis=0) if trackers else None
+    page = write_page(folder, model, run.dataset, x, y, labels, confidence, z, centroids, settings, run.seed, stability)
     print(f"Wrote the cluster report to {page}")
     return page
