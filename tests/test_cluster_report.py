@@ -16,6 +16,7 @@ from PIL import Image
 import cli
 from deepstab.analysis.cluster_export import export_clusters
 from deepstab.analysis.cluster_report import MAP_POINTS, MIN_PER_END, per_end, write_cluster_report
+from deepstab.analysis.k_choice import KChoice
 
 QUICK = ["--pretrain-epochs", "2", "--pretrain-batch-size", "16", "--iterations", "4", "--batch-size", "16"]
 CORNERS = [(0, 0), (8, 8), (0, 8)]
@@ -213,3 +214,16 @@ def test_page_renders_in_headless_chromium_with_every_image_and_section(tmp_path
     shutil.copy(page.with_name(sprites[0]), tmp_path / "copy")
     broken = re.search(r'broken: ([^"]*)"', render(tmp_path / "copy" / "index.html", tmp_path)).group(1)
     assert sprites[0] not in broken and all(name in broken for name in sprites[1:]) and len(sprites) > 1
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
+def test_page_of_a_run_that_chose_k_renders_its_curve(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 20)
+    x = rng.uniform(size=(60, 6, 6, 3)).astype(np.float32)
+    choice = KChoice([2, 3, 4], [0.6, 0.8, 0.7], [0.01, 0.01, 0.02], [0.9, 1.0, 0.8], k=3, resamples=4, subsample=48)
+    page = write_cluster_report(tmp_path / "page", x, labels, rng.normal(size=(60, 4)), 3, k_choice=choice)
+    dom = render(page, tmp_path)
+    checked = re.search(r'data-checked="(\d+) images; broken: ([^"]*)"', dom)
+    assert checked and checked.group(2) == "" and int(checked.group(1)) == page.read_text().count("<img ")
+    assert 'id="choose-k"' in dom and 'src="choose-k.png"' in dom and "K=3 of 2..4" in dom

@@ -1,7 +1,7 @@
 """Choosing the number of clusters K without labels (``--n-clusters auto``).
 
 The rule (``bench/choose_k.py`` compares it with the other candidates on cases of known K;
-``docs/choose-k.md`` has the table): draw ``resamples`` subsamples of at most ``subsample``
+``docs/results.md`` has the table): draw ``resamples`` subsamples of at most ``subsample``
 embeddings, map each to 2-D with t-SNE (a Student-t kernel, the one of DEC's soft assignment),
 and for every candidate K run k-means on each map and take its silhouette. The score of K is the
 mean silhouette over the resamples; the chosen K is the smallest whose mean lies within one
@@ -31,7 +31,7 @@ K_RANGE = (2, 30)
 RESAMPLES = 4
 SUBSAMPLE = 2000  # images per resample, and at most this share of the data:
 SUBSAMPLE_SHARE = 0.8
-PERPLEXITY = 50.0  # of 30, 50 and 100 the best on the tuning cases (docs/choose-k.md)
+PERPLEXITY = 50.0  # of 30, 50 and 100 the best on the tuning cases (docs/results.md)
 KMEANS_INITS = 5
 MIN_PER_CLUSTER = 5  # a resample must hold at least this many images per cluster of the largest K
 
