@@ -38,6 +38,7 @@ from results import append_result, read_results
 
 import deepstab  # noqa: F401
 from deepstab import datasets
+from deepstab.methods.losses import COUNT_RULES
 from deepstab.runs.centroid import CentroidRun, pretrained_model, run_centroid
 
 
@@ -59,6 +60,8 @@ def parse_args() -> argparse.Namespace:
         help="label the data every N epochs and keep ACC/NMI/ARI and the label change rate per check "
         "in the row's 'history' (watching only: the labels never steer training) [default: the last epoch only]",
     )
+    parser.add_argument("--counts", choices=COUNT_RULES, help="DCN's count rule [default: the dcn command's]")
+    parser.add_argument("--brb-modes", nargs="+", choices=("plain", "brb"), default=["plain", "brb"])
     parser.add_argument("--table-only", action="store_true")
     return parser.parse_args()
 
@@ -72,6 +75,7 @@ def key(row: dict) -> tuple:
         row["pretrain_epochs"],
         row["epochs"],
         row["interval"],
+        row.get("counts"),
     )
 
 
@@ -87,9 +91,11 @@ def make_run(args: argparse.Namespace, row: dict) -> CentroidRun:
         brb_interval=args.interval,
         seed=seed,
         models_dir=args.models_dir,
-        output=f"{args.models_dir}/{method}{'-brb' if brb else ''}-{dataset}-s{seed}.keras",
+        output=f"{args.models_dir}/{method}{'-brb' if brb else ''}{'-' + row['counts'] if row.get('counts') else ''}"
+        f"-{dataset}-s{seed}.keras",
         eval_every=args.eval_every or args.epochs,
         verbose=0,
+        **({"counts": row["counts"]} if row.get("counts") else {}),
     )
 
 
@@ -142,11 +148,12 @@ def run_all(args: argparse.Namespace, done: set) -> None:
             "pretrain_epochs": args.pretrain_epochs,
             "epochs": args.epochs,
             "interval": args.interval,
+            **({"counts": args.counts} if args.counts and method == "dcn" else {}),
         }
         for dataset in args.datasets
         for seed in args.seeds
         for method in args.methods
-        for brb in (False, True)
+        for brb in [mode == "brb" for mode in args.brb_modes]
     ]
     todo = [row for row in todo if key(row) not in done]
     if args.jobs == 1:
@@ -173,7 +180,8 @@ def table(rows: list[dict]) -> str:
     ]
     groups: dict[tuple, dict[bool, list[dict]]] = {}
     for row in rows:
-        groups.setdefault((row["dataset"], row["method"]), {False: [], True: []})[row["brb"]].append(row)
+        method = row["method"] + (f" (counts {row['counts']})" if row.get("counts") else "")
+        groups.setdefault((row["dataset"], method), {False: [], True: []})[row["brb"]].append(row)
 
     def ms(values):
         return f"{np.mean(values):.3f} ± {np.std(values):.3f}"

@@ -182,6 +182,43 @@ def test_dcn_eq8_equals_the_sequential_rule():
     np.testing.assert_array_equal(np_(new_m)[2], centroids[2])
 
 
+def authors_mini_batch_update(centers, count, z, labels, center_lr=0.5):
+    """The BRB authors' ``_compute_centroids_mb`` (src/deep/dcn_module.py) written out in torch,
+    with ``center_lr`` given (their DCN call passes ``False`` in its place)."""
+    centers, count, z = torch.tensor(centers), torch.tensor(count, dtype=torch.int32), torch.tensor(z)
+    one_hot = torch.nn.functional.one_hot(torch.tensor(labels), len(centers)).float()
+    copy_count = count.clone().unsqueeze(1).float()
+    sums = (z.unsqueeze(1) * one_hot.unsqueeze(2)).sum(0)
+    mask_sum = one_hot.sum(0).unsqueeze(1)
+    nonzero = mask_sum.squeeze(1) != 0
+    copy_count[nonzero] = (1 - center_lr) * copy_count[nonzero]
+    copy_count[nonzero] += center_lr * mask_sum[nonzero]
+    lr = 1.0 / (copy_count[nonzero] + 1)
+    centers[nonzero] = (1.0 - lr) * centers[nonzero] + lr * (sums[nonzero] / mask_sum[nonzero])
+    return centers.numpy(), copy_count.squeeze(1).int().numpy()
+
+
+def test_dcn_mini_batch_counts_equal_the_authors_update_with_its_default_rate():
+    rng = np.random.default_rng(3)
+    centroids = rng.normal(size=(4, 3)).astype(np.float32)
+    counts = np.full(4, 100.0, dtype=np.float32)
+    m, c = centroids.copy(), counts.astype(np.int32)
+    for _ in range(5):  # counts fall from 100 toward the batch's sizes; cluster 3 gets nothing
+        z = rng.normal(size=(20, 3)).astype(np.float32)
+        s = rng.integers(0, 3, size=20)
+        m, c = authors_mini_batch_update(m, c, z, s)
+        centroids, counts = (np_(t) for t in dcn_centroid_update(centroids, counts, z, s, "mini-batch"))
+        np.testing.assert_allclose(centroids, m, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(counts, c)
+    assert counts[3] == 100 and counts[:3].max() < 20
+    model = DCN(3, (8, 8, 1), counts="mini-batch", **SMALL)
+    dim = model.autoencoder.embedding_dim
+    model.set_centroids(np.zeros((3, dim), np.float32))
+    model.counts.assign(np.array([7.0, 8.0, 9.0], np.float32))
+    model.set_centroids(np.ones((3, dim), np.float32))  # BRB's re-clustering keeps the counts, as theirs
+    np.testing.assert_array_equal(np_(model.counts), [7.0, 8.0, 9.0])
+
+
 def test_soft_reset_draws_as_the_authors_kaiming_uniform():
     keras.utils.set_random_seed(0)
     layer = keras.layers.Dense(400)

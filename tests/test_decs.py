@@ -191,6 +191,42 @@ def test_collapse_guard_fallback_switches_the_size_prior_on(pretrained_weights):
     assert cluster_sizes(model.predict_labels(x), 3)["n_nonempty"] == 3
 
 
+def test_collapse_guard_split_refills_a_drained_cluster_by_the_best_split(pretrained_weights):
+    model, x = healthy_model(pretrained_weights, on_collapse="split")
+    model.compile(optimizer=keras.optimizers.Adam(1e-6))
+
+    def drain_cluster_2_once(epoch, logs):
+        if epoch == 0:
+            c = ops.convert_to_numpy(model.clustering.centroids).copy()
+            c[2] += 1e4
+            model.clustering.centroids.assign(c)
+
+    drain = keras.callbacks.LambdaCallback(on_epoch_end=drain_cluster_2_once)
+    with pytest.warns(UserWarning, match="Clusters 2 shrank .* at epoch 1: each was refilled"):
+        history = model.fit(x, epochs=3, batch_size=10, verbose=0, callbacks=[drain])
+    guard = model.collapse_guard
+    assert guard.split_epochs == [0] and [k for k, _ in guard.splits] == [2] and guard.fallback_epoch is None
+    assert history.history["collapsed"] == [1.0, 0.0, 0.0]  # whole again after the split
+    assert cluster_sizes(model.predict_labels(x), 3)["n_nonempty"] == 3
+    restored = DECS(3, (8, 8, 1), **TINY, on_collapse="split")
+    restored_guard = CollapseGuard(x, 3, action="split")
+    restored_guard.load_state(guard.state())
+    assert restored_guard.splits == guard.splits and restored_guard.split_epochs == [0]
+    assert restored.on_collapse == "split"
+
+
+def test_prior_toward_the_start_targets_the_start_shares_and_is_saved(pretrained_weights, tmp_path):
+    model, x = healthy_model(pretrained_weights, prior_target="start", size_prior=1.0)
+    shares = np.bincount(model.predict_labels(x), minlength=3) / len(x)
+    np.testing.assert_allclose(model.size_target, shares, atol=1e-6)
+    model.compile(optimizer="adam")
+    model.fit(x, epochs=1, batch_size=10, verbose=0)
+    save_model(model, tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.size_target, model.size_target)
+    assert loaded.prior_target == "start"
+
+
 def test_collapse_guard_warn_only_keeps_training(pretrained_weights):
     model, x = healthy_model(pretrained_weights, on_collapse="warn")
     model.compile(optimizer="adam")

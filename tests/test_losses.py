@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from deepstab.methods.losses import decs_loss, determinacy, size_prior, stability
+from deepstab.methods.losses import decs_loss, determinacy, size_floor, size_prior, stability
 
 Q = np.array([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]], dtype=np.float32)
 T = 0.3
@@ -54,3 +54,20 @@ def test_size_prior_is_zero_when_even_and_positive_when_skewed():
     assert float(size_prior(even)) == pytest.approx(0.0, abs=1e-6)
     p = skewed.mean(0)
     assert float(size_prior(skewed)) == pytest.approx(float(np.sum(p * np.log(p * 4))), rel=1e-4)
+
+
+def test_size_prior_toward_a_target_is_the_kl_to_it():
+    q = np.array([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.6, 0.3, 0.1]], dtype=np.float32)
+    target = np.array([0.6, 0.3, 0.1], dtype=np.float32)
+    p = q.mean(0)
+    assert float(size_prior(q, target)) == pytest.approx(float(np.sum(p * np.log(p / target))), rel=1e-4)
+    assert float(size_prior(q, p)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_size_floor_is_zero_above_the_floor_and_a_log_barrier_below():
+    k = 4
+    above = np.tile(np.array([[0.4, 0.3, 0.2, 0.1]], dtype=np.float32), (3, 1))  # smallest at 0.4 of an even share
+    assert float(size_floor(above, 0.4)) == pytest.approx(0.0, abs=1e-6)
+    below = np.tile(np.array([[0.5, 0.3, 0.19, 0.01]], dtype=np.float32), (3, 1))
+    expected = (np.log(0.5) - np.log(0.01 * k)) / k
+    assert float(size_floor(below, 0.5)) == pytest.approx(expected, rel=1e-4)

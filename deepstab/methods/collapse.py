@@ -12,7 +12,8 @@ from deepstab import checks
 from deepstab.errors import DeepstabNote
 from deepstab.metrics import cluster_sizes
 
-COLLAPSE_ACTIONS = ("fallback", "restore", "stop", "warn")
+COLLAPSE_ACTIONS = ("fallback", "split", "restore", "stop", "warn")
+MAX_SPLITS = 3  # "split" refills clusters at most this many times, then falls back
 
 
 class CollapseGuard(keras.callbacks.Callback):
@@ -40,7 +41,12 @@ class CollapseGuard(keras.callbacks.Callback):
             clusters out, but if the last epoch is still flagged, training ends on
             the weights of the last healthy epoch. ``"restore"`` puts back
             the last healthy weights and stops; ``"stop"`` stops with the current
-            weights; ``"warn"`` only warns.
+            weights; ``"warn"`` only warns. ``"split"`` keeps the weights and the loss and
+            refills each shrunken cluster by splitting another in two: of the 2-means splits of
+            every other cluster's embeddings on the sample, the one that lowers the squared error
+            most (the likeliest merge of two classes; bisecting k-means's rule), one half keeping
+            its centroid's index and the other taking the shrunken one's; at most ``MAX_SPLITS``
+            times, then as ``"fallback"``.
         fallback_prior: the size-prior weight that ``"fallback"`` switches on.
         sample_size: how many images are labelled per check.
         seed: seed of the sample's draw.
@@ -70,6 +76,8 @@ class CollapseGuard(keras.callbacks.Callback):
         self._healthy: list | None = None
         self._healthy_epoch: int | None = None
         self._last_collapsed = False
+        self.split_epochs: list[int] = []
+        self.splits: list[tuple[int, int]] = []  # (refilled cluster, split cluster)
 
     def check(self) -> dict[str, float]:
         """Cluster balance of the current model on the sample."""
@@ -87,6 +95,8 @@ class CollapseGuard(keras.callbacks.Callback):
         epochs = {name: getattr(self, name) for name in self.EPOCHS}
         state = {f"guard:{name}": np.array(-1 if value is None else value) for name, value in epochs.items()}
         state["guard:last_collapsed"] = np.array(self._last_collapsed)
+        state["guard:split_epochs"] = np.array(self.split_epochs, np.int64)
+        state["guard:splits"] = np.array(self.splits, np.int64).reshape(-1, 2)
         for i, weight in enumerate(self._healthy or []):
             state[f"guard:weight_{i}"] = weight
         return state
@@ -97,6 +107,8 @@ class CollapseGuard(keras.callbacks.Callback):
             value = int(state[f"guard:{name}"])
             setattr(self, name, None if value < 0 else value)
         self._last_collapsed = bool(state.get("guard:last_collapsed", False))
+        self.split_epochs = [int(e) for e in state.get("guard:split_epochs", [])]
+        self.splits = [(int(a), int(b)) for a, b in state.get("guard:splits", np.zeros((0, 2)))]
         count = sum(key.startswith("guard:weight_") for key in state)
         self._healthy = [state[f"guard:weight_{i}"] for i in range(count)] or None
 
@@ -122,8 +134,12 @@ class CollapseGuard(keras.callbacks.Callback):
         first = self.collapsed_epoch is None
         if first:
             self.collapsed_epoch = epoch
-        falling_back = self.action == "fallback" and self.fallback_epoch is None
-        action = "fallback" if falling_back else "warn" if self.action == "fallback" else self.action
+        if self.action == "split" and len(self.split_epochs) < MAX_SPLITS and self.fallback_epoch is None:
+            self._split(epoch)
+            return
+        fallback = self.action in ("fallback", "split")
+        falling_back = fallback and self.fallback_epoch is None
+        action = "fallback" if falling_back else "warn" if fallback else self.action
         if first or action != "warn":
             warnings.warn(
                 f"Clustering is collapsing at epoch {epoch + 1}: {int(state['clusters_alive'])} of "
@@ -143,10 +159,51 @@ class CollapseGuard(keras.callbacks.Callback):
             self.model.size_prior_weight = max(self.model.size_prior_weight, self.fallback_prior)
         self._last_collapsed = True
 
+    def _split(self, epoch: int) -> None:
+        """Refill every shrunken cluster by the best 2-means split of another (see ``action``)."""
+        from sklearn.cluster import KMeans
+
+        from deepstab import seeding
+
+        z = np.asarray(self.model.embed(self.sample), np.float64)
+        centres = np.asarray(keras.ops.convert_to_numpy(self.model.clustering.centroids), np.float64)
+        labels = np.argmin(((z[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+        sizes = np.bincount(labels, minlength=self.n_clusters)
+        shrunken = [
+            int(k) for k in np.argsort(sizes, kind="stable") if sizes[k] * self.n_clusters < self.min_share * len(z)
+        ]
+        for k in shrunken:
+            seed = seeding.derive(getattr(self.model, "seed", 0) or 0, "kmeans", 1000 + len(self.splits))
+            best = None
+            for j in range(self.n_clusters):  # the split that lowers the squared error most
+                members = np.flatnonzero(labels == j)
+                if j in shrunken or len(members) < 2:
+                    continue
+                halves = KMeans(2, n_init=3, random_state=seed).fit(z[members])
+                gain = ((z[members] - z[members].mean(axis=0)) ** 2).sum() - halves.inertia_
+                if best is None or gain > best[0]:
+                    best = (gain, j, members, halves)
+            if best is None:
+                break
+            _, donor, members, halves = best
+            big = int(np.argmax(np.bincount(halves.labels_, minlength=2)))
+            centres[donor], centres[k] = halves.cluster_centers_[big], halves.cluster_centers_[1 - big]
+            labels[members[halves.labels_ != big]] = k
+            self.splits.append((k, donor))
+        self.model.clustering.centroids.assign(centres.astype(np.float32))
+        self.split_epochs.append(epoch)
+        warnings.warn(
+            f"Clusters {', '.join(map(str, shrunken))} shrank below {self.min_share:.0%} of an even share at epoch "
+            f"{epoch + 1}: each was refilled by splitting in two the cluster whose split lowers the squared error most "
+            f"({len(self.split_epochs)} of at most {MAX_SPLITS} times).",
+            DeepstabNote,
+            stacklevel=2,
+        )
+
     def on_epoch_begin(self, epoch, logs=None):
         self._last_collapsed = False
 
     def on_train_end(self, logs=None):
-        if self.action == "fallback" and self._last_collapsed and self.fallback_epoch is not None:
+        if self.action in ("fallback", "split") and self._last_collapsed and self.fallback_epoch is not None:
             self.model.set_weights(self._healthy)
             self.restored_epoch = self._healthy_epoch

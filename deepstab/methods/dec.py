@@ -316,8 +316,12 @@ class DCN(FeedForwardClusterer):
         return [DCNEpochEnd(data)]
 
     def set_centroids(self, centres: np.ndarray) -> None:
+        """New centroids with the counts at ``initial_count``; under the ``mini-batch`` rule a
+        re-clustering (BRB) keeps the counts, as the authors' code does."""
+        keep = self.count_rule == "mini-batch" and self.centroids_set
         super().set_centroids(centres)
-        self.counts.assign(np.full(self.n_clusters, self.initial_count, dtype=np.float32))
+        if not keep:
+            self.counts.assign(np.full(self.n_clusters, self.initial_count, dtype=np.float32))
 
     @property
     def centroid_variables(self) -> list:

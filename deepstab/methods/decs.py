@@ -16,7 +16,7 @@ import numpy as np
 from deepstab import checks, seeding
 from deepstab.methods.base import CentroidClusterer
 from deepstab.methods.collapse import COLLAPSE_ACTIONS, CollapseGuard
-from deepstab.methods.losses import VARIANTS, decs_loss, size_prior
+from deepstab.methods.losses import VARIANTS, decs_loss, size_floor, size_prior
 from deepstab.nn.autoencoders import ConvAutoencoder
 from deepstab.nn.kmeans import Start, balanced_kmeans
 from deepstab.nn.networks import DEFAULT_FILTERS
@@ -24,6 +24,7 @@ from deepstab.nn.otsu import otsu_threshold
 from deepstab.nn.steps import apply_gradients, images_of
 
 STARTS = ("balanced", "inertia")
+PRIOR_TARGETS = ("uniform", "start")
 
 
 @keras.saving.register_keras_serializable(package="deepstab")
@@ -45,11 +46,20 @@ class DECS(CentroidClusterer):
             (0 drops it, as the authors' code does).
         size_prior: weight of ``KL(mean q || uniform)``, an optional guard against
             collapse that is not part of DECS (0 disables).
+        prior_target: what the size prior (and the collapse fallback's) pulls the batch's
+            cluster shares toward: ``"uniform"``, or ``"start"``, the shares of the clustering
+            start's partition (kept as ``size_target``).
+        size_target: the start's shares (set by :meth:`initialize_centroids`; saved with the model).
+        size_floor: weight of the barrier that keeps each cluster's share of a batch's soft
+            mass above ``floor_share`` of an even share
+            (:func:`~deepstab.methods.losses.size_floor`; not part of DECS, 0 disables).
+        floor_share: the barrier's share of an even split.
         nbins: histogram bins for Otsu's threshold (authors' code: 1000).
         on_collapse: what :meth:`fit` does when a cluster empties or shrinks below
             ``collapse_share`` of an even share: ``"fallback"`` (restore the last
-            healthy weights, go on with the size prior), ``"restore"`` (restore and
-            stop), ``"stop"`` or ``"warn"`` (see :class:`deepstab.methods.collapse.CollapseGuard`).
+            healthy weights, go on with the size prior), ``"split"`` (refill it by splitting
+            another cluster, then fall back), ``"restore"`` (restore and stop), ``"stop"`` or
+            ``"warn"`` (see :class:`deepstab.methods.collapse.CollapseGuard`).
         collapse_share: the shrinking threshold, relative to ``1 / K``.
         start: the clustering start: ``"balanced"`` (of 20 single-start k-means partitions of the
             embeddings, the lowest-inertia one without a cluster under two thirds of an even
@@ -81,6 +91,10 @@ class DECS(CentroidClusterer):
         lam: float | None = None,
         recon_weight: float = 0.0,
         size_prior: float = 0.0,
+        prior_target: str = "uniform",
+        size_target: list[float] | None = None,
+        size_floor: float = 0.0,
+        floor_share: float = 0.5,
         nbins: int = 1000,
         shift: float = 0.1,
         rotation: float = 10.0,
@@ -97,6 +111,9 @@ class DECS(CentroidClusterer):
             "lam": None if lam is None else checks.non_negative("lam", lam),
             "recon_weight": checks.non_negative("recon_weight", recon_weight),
             "size_prior_weight": checks.non_negative("size_prior", size_prior),
+            "prior_target": checks.choice("prior_target", prior_target, PRIOR_TARGETS),
+            "size_floor": checks.non_negative("size_floor", size_floor),
+            "floor_share": checks.in_range("floor_share", floor_share, 0.0, 1.0, low_open=True, high_open=True),
             "nbins": checks.positive_int("nbins", nbins),
         }
         super().__init__(
@@ -104,6 +121,11 @@ class DECS(CentroidClusterer):
         )
         for name, value in settings.items():
             setattr(self, name, value)
+        self.size_target = (
+            np.full(n_clusters, 1.0 / n_clusters, np.float32)
+            if size_target is None
+            else np.asarray(size_target, np.float32)
+        )
         self.start_choice: Start | None = None
         self.collapse_guard: CollapseGuard | None = None
         self._guard_state: dict | None = None
@@ -114,11 +136,14 @@ class DECS(CentroidClusterer):
         """Set the centroids to the start of ``self.start`` on the embeddings of ``x`` (``n_init``
         k-means runs, seeded by ``seed``, by default the model's k-means stream); return its labels."""
         if self.start == "inertia":
-            return super().initialize_centroids(x, n_init, seed)
-        seeds = [seeding.derive(self.seed if seed is None else seed, "kmeans", i) for i in range(n_init)]
-        self.start_choice = balanced_kmeans(self.embed(x), self.n_clusters, seeds)
-        self.set_centroids(self.start_choice.centres)
-        return self.start_choice.labels
+            labels = super().initialize_centroids(x, n_init, seed)
+        else:
+            seeds = [seeding.derive(self.seed if seed is None else seed, "kmeans", i) for i in range(n_init)]
+            self.start_choice = balanced_kmeans(self.embed(x), self.n_clusters, seeds)
+            self.set_centroids(self.start_choice.centres)
+            labels = self.start_choice.labels
+        self.size_target = np.bincount(labels, minlength=self.n_clusters).astype(np.float32) / len(labels)
+        return labels
 
     def training_callbacks(self, data, callbacks: list) -> list:
         """A :class:`CollapseGuard` on the images of ``data`` unless ``callbacks`` holds one
@@ -136,12 +161,13 @@ class DECS(CentroidClusterer):
     def training_state(self) -> dict[str, np.ndarray]:
         """What changes training besides the weights: the size-prior weight (raised by the
         collapse fallback) and the collapse guard's record, for checkpoints."""
-        state = {"size_prior_weight": np.array(self.size_prior_weight)}
+        state = {"size_prior_weight": np.array(self.size_prior_weight), "size_target": np.asarray(self.size_target)}
         return state | (self.collapse_guard.state() if self.collapse_guard is not None else {})
 
     def restore_training_state(self, state: dict[str, np.ndarray]) -> None:
         """Put back what :meth:`training_state` returned; the guard gets its part in :meth:`fit`."""
         self.size_prior_weight = float(state.get("size_prior_weight", self.size_prior_weight))
+        self.size_target = np.asarray(state.get("size_target", self.size_target), np.float32)
         self._guard_state = {key: value for key, value in state.items() if key.startswith("guard:")} or None
 
     @property
@@ -167,7 +193,11 @@ class DECS(CentroidClusterer):
         if self.recon_weight:  # Eq. 1: L = L_r + L_c
             loss = loss + self.recon_weight * self.autoencoder.reconstruction_loss(x, z)
         if self.size_prior_weight:
-            loss = loss + self.size_prior_weight * size_prior(q)
+            loss = loss + self.size_prior_weight * size_prior(
+                q, self.size_target if self.prior_target == "start" else None
+            )
+        if self.size_floor:
+            loss = loss + self.size_floor * size_floor(q, self.floor_share)
         apply_gradients(self, loss, self._clustering_variables())
         self.loss_tracker.update_state(loss)
         self.threshold_tracker.update_state(t)
@@ -181,6 +211,10 @@ class DECS(CentroidClusterer):
             "lam": self.lam,
             "recon_weight": self.recon_weight,
             "size_prior": self.size_prior_weight,
+            "prior_target": self.prior_target,
+            "size_target": [float(v) for v in self.size_target],
+            "size_floor": self.size_floor,
+            "floor_share": self.floor_share,
             "nbins": self.nbins,
             "on_collapse": self.on_collapse,
             "collapse_share": self.collapse_share,

@@ -53,14 +53,30 @@ def decs_loss(q, t, variant: str = "paper", lam: float | None = None):
     return 1.0 - (ops.mean(s) + ops.var(s))
 
 
-def size_prior(q):
-    """``KL(mean_i q_i || uniform)``: zero when the batch spreads evenly over the clusters.
+def size_prior(q, target=None):
+    """``KL(mean_i q_i || target)``, by default ``target`` uniform: zero when the batch spreads
+    over the clusters as ``target`` (K shares summing to 1) says.
 
     Not part of DECS; an optional guard against collapse.
     """
     p = ops.mean(q, axis=0)
+    if target is None:
+        k = ops.cast(ops.shape(q)[1], q.dtype)
+        return ops.sum(p * ops.log(p * k + 1e-12))
+    return ops.sum(p * (ops.log(p + 1e-12) - ops.log(ops.convert_to_tensor(target) + 1e-12)))
+
+
+def size_floor(q, share: float):
+    """``mean_j max(0, log(share) - log(K p_j))`` with ``p_j = mean_i q_ij``: zero while every
+    cluster holds at least ``share`` of an even share of the batch's soft mass, and growing
+    without bound as one empties (a barrier, not a pull toward even sizes).
+
+    Not part of DECS; an optional guard against collapse that leaves unbalanced classes alone.
+    """
+    p = ops.mean(q, axis=0)
     k = ops.cast(ops.shape(q)[1], q.dtype)
-    return ops.sum(p * ops.log(p * k + 1e-12))
+    gap = ops.log(like(share, p)) - ops.log(p * k + 1e-12)
+    return ops.mean(ops.maximum(gap, like(0.0, gap)))
 
 
 def _normalize(x, eps: float = 1e-12):
@@ -177,7 +193,8 @@ def dcn_cluster_loss(z, centroids, assignments):
     return ops.mean(distances * ops.one_hot(ops.convert_to_tensor(assignments), ops.shape(centroids)[0], dtype=z.dtype))
 
 
-COUNT_RULES = ("frozen", "eq8")
+COUNT_RULES = ("frozen", "eq8", "mini-batch")
+CENTER_LR = 0.5  # the BRB authors' mini-batch update's default
 
 
 def dcn_centroid_update(centroids, counts, z, assignments, rule: str = "frozen"):
@@ -188,6 +205,9 @@ def dcn_centroid_update(centroids, counts, z, assignments, rule: str = "frozen")
     ``"frozen"``: what the BRB authors' code computes (its mini-batch update with the learning-rate
     argument left at 0): each cluster with ``n_k ≥ 1`` samples in the batch moves
     ``m_k ← m_k + (mean_k z - m_k) / (c_k + 1)`` and the counts never change.
+    ``"mini-batch"``: that update as the authors' code's default ``center_lr = 0.5`` intends:
+    for each cluster with ``n_k ≥ 1``, ``c'_k = (1 - 0.5) c_k + 0.5 n_k``, the step is
+    ``1 / (c'_k + 1)``, and the count kept is ``floor(c'_k)`` (their integer counts).
     """
     centroids, counts, z = (ops.convert_to_tensor(t) for t in (centroids, counts, z))
     one_hot = ops.one_hot(assignments, ops.shape(centroids)[0], dtype=z.dtype)  # (N, K)
@@ -196,9 +216,13 @@ def dcn_centroid_update(centroids, counts, z, assignments, rule: str = "frozen")
     if rule == "eq8":
         new_counts = counts + n
         return (ops.expand_dims(counts, 1) * centroids + sums) / ops.expand_dims(new_counts, 1), new_counts
-    if rule != "frozen":
+    if rule not in ("frozen", "mini-batch"):
         raise ValueError(f"rule must be one of {COUNT_RULES}, got {rule!r}.")
-    present = ops.expand_dims(n > 0, 1)
+    present = n > 0
     means = sums / ops.expand_dims(ops.maximum(n, like(1.0, n)), 1)
+    if rule == "mini-batch":
+        counts = ops.where(present, (1.0 - CENTER_LR) * counts + CENTER_LR * n, counts)
     moved = centroids + (means - centroids) / ops.expand_dims(counts + 1.0, 1)
-    return ops.where(present, moved, centroids), counts
+    if rule == "mini-batch":
+        counts = ops.floor(counts)
+    return ops.where(ops.expand_dims(present, 1), moved, centroids), counts

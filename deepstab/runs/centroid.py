@@ -173,7 +173,8 @@ class CentroidRun(RunSettings):
     counts: str = _own(
         DCN,
         "counts",
-        "frozen: step 1/(c+1) with c fixed at 100 (what the BRB authors' code computes); eq8: counts grow (DCN Eq. 8).",
+        "frozen: step 1/(c+1) with c fixed at 100 (what the BRB authors' code computes); eq8: counts grow (DCN Eq. 8); "
+        "mini-batch: c <- c/2 + n/2 per batch (their update's center_lr=0.5 default, which their call leaves unused).",
         choices=COUNT_RULES,
         commands=METHOD_ONLY["counts"],
     )

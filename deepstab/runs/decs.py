@@ -23,7 +23,7 @@ from deepstab.checkpoint import Checkpoint
 from deepstab.errors import DeepstabError
 from deepstab.io import save_model, write_labels_csv
 from deepstab.methods.collapse import COLLAPSE_ACTIONS
-from deepstab.methods.decs import DECS, STARTS
+from deepstab.methods.decs import DECS, PRIOR_TARGETS, STARTS
 from deepstab.methods.losses import VARIANTS
 from deepstab.metrics import cluster_sizes, evaluate
 from deepstab.nn.optimizers import Adam
@@ -143,10 +143,26 @@ class DECSRun(RunSettings):
         "Weight of KL(mean q || uniform), an optional guard against collapse.",
         check=checks.non_negative,
     )
+    prior_target: str = setting(
+        default_of(DECS, "prior_target"),
+        "What the size prior (and --on-collapse fallback's) pulls the cluster shares toward: uniform, or start (the "
+        "clustering start's shares).",
+        choices=PRIOR_TARGETS,
+    )
+    size_floor: float = setting(
+        default_of(DECS, "size_floor"),
+        "Weight of a barrier that keeps every cluster above --floor-share of an even share of each batch (not part "
+        "of DECS; 0 disables).",
+        check=checks.non_negative,
+    )
+    floor_share: float = setting(
+        default_of(DECS, "floor_share"), "The share of an even split below which --size-floor pushes back."
+    )
     on_collapse: str = setting(
         default_of(DECS, "on_collapse"),
         "What to do when a cluster empties or shrinks: fallback (restore the last healthy weights once and go on with "
-        "the size prior at weight 1), restore (restore and stop), stop, or warn.",
+        "the size prior at weight 1), split (refill it by the best 2-means split of another cluster, up to 3 times, "
+        "then fall back), restore (restore and stop), stop, or warn.",
         choices=COLLAPSE_ACTIONS,
     )
     start: str = setting(
@@ -284,6 +300,9 @@ def _model(run: DECSRun, x: np.ndarray, k: int, k_choice: dict | None = None) ->
         lam=run.lam,
         recon_weight=run.recon_weight,
         size_prior=run.size_prior,
+        prior_target=run.prior_target,
+        size_floor=run.size_floor,
+        floor_share=run.floor_share,
         on_collapse=run.on_collapse,
         collapse_share=run.collapse_share,
         start=run.start,
@@ -371,8 +390,23 @@ def summary(run: DECSRun, result: DECSResult) -> str:
         what = {"restore": f"stopped and restored {restored}", "stop": "stopped", "warn": "went on"}.get(
             run.on_collapse, ""
         )
+        target = " toward the start's cluster shares" if run.prior_target == "start" else ""
+        fallback = (
+            f"restored {restored} and went on with the cluster-size prior{target} (weight {guard.fallback_prior:g})"
+        )
         if run.on_collapse == "fallback":
-            what = f"restored {restored} and went on with the cluster-size prior (weight {guard.fallback_prior:g})"
+            what = fallback
+        if run.on_collapse == "split":
+            refills = len(guard.splits)
+            what = (
+                f"refilled the shrunken cluster{'s' if refills > 1 else ''} by splitting another in two "
+                f"({refills} time{'s' if refills > 1 else ''}, at epoch{'s' if len(guard.split_epochs) > 1 else ''} "
+                f"{', '.join(str(e + 1) for e in guard.split_epochs)})"
+            )
+            if guard.fallback_epoch is not None:
+                what += f"; as clusters kept shrinking, it then {fallback}"
+            else:
+                what += " and went on"
         lines.append(
             f"NOTE: the clustering began to collapse at epoch {result.collapsed_epoch + 1} (a cluster emptied or fell "
             f"below {run.collapse_share:.0%} of an even share); training {what}. --on-collapse chooses what happens "
