@@ -117,6 +117,12 @@ def test_auto_refuses_a_range_the_data_cannot_fill(tmp_path):
     assert "Choosing K among 2..30 needs at least 150 images" in result.output.replace("\n", " ")
 
 
+def test_k_range_without_auto_is_refused(tmp_path):
+    result = invoke("decs", "--dataset", "digits", "--k-range", "2:5", "--output", tmp_path / "m.keras")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "add --n-clusters auto" in result.output.replace("\n", " ")
+
+
 def test_dec_chooses_k_with_an_embedding_of_ten(tmp_path):
     data = unlabelled_folder(tmp_path / "images")
     result = invoke(

@@ -91,7 +91,7 @@ class DECS(CentroidClusterer):
         lam: float | None = None,
         recon_weight: float = 0.0,
         size_prior: float = 0.0,
-        prior_target: str = "uniform",
+        prior_target: str = "start",
         size_target: list[float] | None = None,
         size_floor: float = 0.0,
         floor_share: float = 0.5,

@@ -39,6 +39,12 @@ def choose_n_clusters(run, y: np.ndarray | None, n_samples: int) -> int | str:
     if k == checks.AUTO:
         check_range(parse_k_range(run.k_range), n_samples)
         return k
+    if run.k_range is not None:
+        raise DeepstabError(
+            f"--k-range gives the candidates of --n-clusters auto, but this run's K is {k}"
+            f"{' (given)' if run.n_clusters is not None else ' (the data has labels)'}: add --n-clusters auto, or "
+            f"leave --k-range out."
+        )
     return checks.n_clusters("n_clusters", k, n_samples)
 
 
