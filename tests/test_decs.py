@@ -178,7 +178,7 @@ def test_collapse_guard_restores_last_healthy_weights(pretrained_weights):
 
 
 def test_collapse_guard_fallback_switches_the_size_prior_on(pretrained_weights):
-    model, x = healthy_model(pretrained_weights)
+    model, x = healthy_model(pretrained_weights, size_prior=0.0)
     model.compile(optimizer=keras.optimizers.Adam(1e-6))
     assert model.size_prior_weight == 0.0
     with pytest.warns(UserWarning, match="epoch 2.*Action: fallback"):

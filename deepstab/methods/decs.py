@@ -44,8 +44,9 @@ class DECS(CentroidClusterer):
         lam: λ of Eq. 7; ``None`` takes the variant's default (0.8 paper, 0.4 reference).
         recon_weight: weight of the reconstruction term ``L_r`` of Eq. 1 in stage 2
             (0 drops it, as the authors' code does).
-        size_prior: weight of ``KL(mean q || uniform)``, an optional guard against
-            collapse that is not part of DECS (0 disables).
+        size_prior: weight of the cluster-size prior ``KL(mean q || target)`` (the target set by
+            ``prior_target``), not part of DECS: 1 by default, which keeps the loss from draining
+            a class's cluster (docs/results.md, "When a cluster drains"); 0 is the paper's loss.
         prior_target: what the size prior (and the collapse fallback's) pulls the batch's
             cluster shares toward: ``"uniform"``, or ``"start"``, the shares of the clustering
             start's partition (kept as ``size_target``).
@@ -90,7 +91,7 @@ class DECS(CentroidClusterer):
         variant: str = "paper",
         lam: float | None = None,
         recon_weight: float = 0.0,
-        size_prior: float = 0.0,
+        size_prior: float = 1.0,
         prior_target: str = "start",
         size_target: list[float] | None = None,
         size_floor: float = 0.0,

@@ -140,7 +140,8 @@ class DECSRun(RunSettings):
     )
     size_prior: float = setting(
         default_of(DECS, "size_prior"),
-        "Weight of KL(mean q || uniform), an optional guard against collapse.",
+        "Weight of the cluster-size prior KL(mean q || target), the target set by --prior-target (not part of DECS; "
+        "0 gives the paper's loss).",
         check=checks.non_negative,
     )
     prior_target: str = setting(
