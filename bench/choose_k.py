@@ -27,6 +27,7 @@ import glob
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +103,6 @@ def decs_acc(z_source: tuple, x: np.ndarray, y: np.ndarray, k: int) -> float:
     model.autoencoder.set_weights(z_source)
     run = DECSRun(dataset="digits", seed=0)
     model.compile(optimizer=run.optimizer())
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(x, batch_size=run.batch_size, epochs=80, verbose=0)

@@ -7,8 +7,9 @@ import warnings
 
 import keras
 import numpy as np
+from sklearn.cluster import KMeans
 
-from deepstab import checks
+from deepstab import checks, seeding
 from deepstab.errors import DeepstabNote
 from deepstab.metrics import cluster_sizes
 
@@ -161,10 +162,6 @@ class CollapseGuard(keras.callbacks.Callback):
 
     def _split(self, epoch: int) -> None:
         """Refill every shrunken cluster by the best 2-means split of another (see ``action``)."""
-        from sklearn.cluster import KMeans
-
-        from deepstab import seeding
-
         z = np.asarray(self.model.embed(self.sample), np.float64)
         centres = np.asarray(keras.ops.convert_to_numpy(self.model.clustering.centroids), np.float64)
         labels = np.argmin(((z[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)

@@ -56,8 +56,9 @@ def chosen_k(run, z: np.ndarray) -> KChoice:
     choice = choose_k(z, parse_k_range(run.k_range), seed=run.seed)
     print(choice.table())
     print(f"Chose {choice.describe()}; in {time.perf_counter() - start:.0f} s.")
-    if choice.plot(k_plot_path(run.model_path)):
-        print(f"The score against K: {k_plot_path(run.model_path)}")
+    plotted = choice.plot(k_plot_path(run.model_path))
+    if plotted:
+        print(f"The score against K: {plotted}")
     return choice
 
 
