@@ -9,6 +9,7 @@ import contextlib
 import csv
 import errno
 import glob
+import json
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ import keras
 import numpy as np
 
 from deepstab.errors import DeepstabError
+from deepstab.nn.precision import EXACT, PRECISIONS, policy_scope
 
 # What a failed write means and what to do about it, by errno: (the cause, the remedy).
 _FULL = "Free space on that disk, or write to a folder on another one, then run the command again"
@@ -342,7 +344,8 @@ def load_model(path: str | os.PathLike, expect: type | tuple[type, ...] | None =
             f"of another format. Retrain the model or restore the file from a backup."
         )
     try:
-        model = keras.saving.load_model(path)
+        with policy_scope(_saved_policy(path)):  # the networks built by the model's constructor too
+            model = keras.saving.load_model(path)
     except Exception as exc:  # Keras raises many types for damaged or foreign archives
         raise DeepstabError(
             f"Cannot load the model in {path} ({type(exc).__name__}: {str(exc)[:300]}). The file is "
@@ -352,6 +355,17 @@ def load_model(path: str | os.PathLike, expect: type | tuple[type, ...] | None =
         wanted = " or ".join(t.__name__ for t in (expect if isinstance(expect, tuple) else (expect,)))
         raise DeepstabError(f"{path} holds a {type(model).__name__} model, but a {wanted} model is needed here.")
     return model
+
+
+def _saved_policy(path: Path) -> str:
+    """The dtype policy a saved model was built with (``float32`` when its archive does not say)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            dtype = json.loads(archive.read("config.json"))["config"].get("dtype")
+        name = dtype["config"]["name"] if isinstance(dtype, dict) else dtype
+    except (KeyError, TypeError, ValueError, zipfile.BadZipFile):
+        return EXACT
+    return name if name in PRECISIONS.values() else EXACT
 
 
 def write_labels_csv(path: Path, labels: np.ndarray, confidence: np.ndarray | None, truth: np.ndarray | None) -> Path:

@@ -89,7 +89,7 @@ class CentroidClusterer(keras.Model):
     # ------------------------------------------------------------------ embeddings
 
     def embed(self, x, batch_size: int = 1024) -> np.ndarray:
-        """Embeddings ``z`` of the images ``x`` (float in [0, 1], or uint8) as a NumPy array.
+        """Embeddings ``z`` of the images ``x`` (float in [0, 1], or uint8) as a float32 NumPy array.
 
         Inside :meth:`reusing_embeddings`, the last result is given again for the same array
         while the encoder's weights are unchanged (same optimizer step and weight checksums):
@@ -99,13 +99,17 @@ class CentroidClusterer(keras.Model):
             x = to_unit_float(np.asarray(x))
         cache = self._embedding_cache
         if cache is None:
-            return self.encoder.predict(x, batch_size=batch_size, verbose=0)
+            return self._predict_embeddings(x, batch_size)
         key = self._encoder_state()
         if cache and cache[0] is x and np.array_equal(cache[1], key):
             return cache[2]
-        z = self.encoder.predict(x, batch_size=batch_size, verbose=0)
+        z = self._predict_embeddings(x, batch_size)
         self._embedding_cache = (x, key, z)
         return z
+
+    def _predict_embeddings(self, x, batch_size: int) -> np.ndarray:
+        """The encoder's embeddings of ``x`` as float32, whatever precision it computes in."""
+        return np.asarray(self.encoder.predict(x, batch_size=batch_size, verbose=0), np.float32)
 
     @contextlib.contextmanager
     def reusing_embeddings(self):

@@ -57,6 +57,7 @@ from deepstab.nn.kmeans import cosine_kmeans
 from deepstab.nn.layers import FusedBatchNormalization
 from deepstab.nn.networks import RESNETS, build_mlp, build_resnet
 from deepstab.nn.optimizers import SGD
+from deepstab.nn.precision import exact
 from deepstab.nn.steps import apply_gradients, graph_call, images_of
 
 BASES = ("byol", "simclr", "moco")
@@ -360,7 +361,7 @@ class LFSSModel(keras.Model):
         if self.base == "simclr":
             return nt_xent(gather(z1), gather(z2), self.tau)
         if self.base == "byol":
-            p1, p2 = (graph_call(self.predictor, self._noisy(z), training=True) for z in (z1, z2))
+            p1, p2 = (exact(graph_call(self.predictor, self._noisy(z), training=True)) for z in (z1, z2))
             return share * (byol_loss(p1, t2) + byol_loss(p2, t1)) / 2  # the authors average the directions
         queue = self.queue.value.detach()
         loss = info_nce(z1, t2, queue, self.moco_tau) + info_nce(z2, t1, queue, self.moco_tau)
@@ -431,7 +432,7 @@ class LFSSModel(keras.Model):
 
     def embed(self, x, batch_size: int = 512) -> np.ndarray:
         """Target embeddings ``f_t(x)`` of un-augmented images (float in [0, 1] or uint8,
-        possibly memory-mapped: read batch by batch), as a NumPy array."""
+        possibly memory-mapped: read batch by batch), as a float32 NumPy array."""
         return self._embed_with(self.target, x, batch_size)
 
     def predecessor_embed(self, x, batch_size: int = 512) -> np.ndarray:
@@ -445,7 +446,7 @@ class LFSSModel(keras.Model):
         out = []
         for start in range(0, len(x), batch_size):
             batch = self.normalise(ops.convert_to_tensor(to_unit_float(np.asarray(x[start : start + batch_size]))))
-            out.append(ops.convert_to_numpy(network(batch, training=False)))
+            out.append(np.asarray(ops.convert_to_numpy(network(batch, training=False)), np.float32))
         return np.concatenate(out)
 
     def predict_clusters(self, x) -> tuple[np.ndarray, None]:
@@ -570,7 +571,7 @@ def _per_view(network: keras.Model, x1, x2):
     """``network`` in training mode on each view (:func:`~deepstab.nn.steps.graph_call`). One
     call on the two views stacked, each normalised with its own statistics, computes the same
     but was 10-25% slower on a CPU (larger tensors, a copy per batch normalisation)."""
-    return graph_call(network, x1, training=True), graph_call(network, x2, training=True)
+    return exact(graph_call(network, x1, training=True)), exact(graph_call(network, x2, training=True))
 
 
 def _batch_norms(network: keras.Model) -> list[FusedBatchNormalization]:

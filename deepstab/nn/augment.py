@@ -26,6 +26,7 @@ from keras import ops
 from deepstab import checks
 from deepstab.errors import DeepstabError
 from deepstab.nn.constants import like
+from deepstab.nn.precision import EXACT
 
 
 @keras.saving.register_keras_serializable(package="deepstab")
@@ -47,7 +48,7 @@ class RandomShiftRotation(keras.layers.Layer):
     """
 
     def __init__(self, shift: float = 0.1, rotation: float = 10.0, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**{"dtype": EXACT, **kwargs})
         self.shift = checks.in_range("shift", shift, 0.0, 1.0, high_open=True)
         self.rotation = checks.in_range("rotation", rotation, 0.0, 180.0)
         self.seed = seed
@@ -209,7 +210,7 @@ class SimCLRAugment(keras.layers.Layer):
         seed: int | None = None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(**{"dtype": EXACT, **kwargs})
         low, high = (checks.in_range("crop_scale", v, 0.0, 1.0) for v in crop_scale)
         if not 0.0 < low <= high:
             raise DeepstabError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale!r}.")

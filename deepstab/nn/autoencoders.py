@@ -21,6 +21,7 @@ from deepstab import checks
 from deepstab.nn.augment import RandomAffine, RandomShiftRotation
 from deepstab.nn.layers import Resize
 from deepstab.nn.networks import DEFAULT_FILTERS, DENSE_HIDDEN, INITS, build_conv_autoencoder, build_dense_autoencoder
+from deepstab.nn.precision import exact
 from deepstab.nn.steps import apply_gradients, clip_by_global_norm, graph_call, images_of
 
 
@@ -86,8 +87,8 @@ class AugmentedAutoencoder(keras.Model):
         return ops.mean(ops.square(self.decode(z, training=True) - self.reconstruction_target(x)))
 
     def embed_inputs(self, x, training: bool = False):
-        """``core(x)``, for the training steps (see :func:`~deepstab.nn.steps.graph_call`)."""
-        return graph_call(self.core, x, training)
+        """``core(x)`` in float32, for the training steps (see :func:`~deepstab.nn.steps.graph_call`)."""
+        return exact(graph_call(self.core, x, training))
 
     def decode(self, z, training: bool = False):
         """``decoder(z)``, for the training steps (see :func:`~deepstab.nn.steps.graph_call`)."""

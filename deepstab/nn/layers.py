@@ -14,6 +14,7 @@ from keras import ops
 
 from deepstab import checks, distributed
 from deepstab.nn.constants import like
+from deepstab.nn.precision import EXACT
 
 
 @keras.saving.register_keras_serializable(package="deepstab")
@@ -38,7 +39,7 @@ class ClusteringLayer(keras.layers.Layer):
     """
 
     def __init__(self, n_clusters: int, alpha: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**{"dtype": EXACT, **kwargs})
         self.n_clusters = checks.positive_int("n_clusters", n_clusters)
         self.alpha = checks.positive("alpha", alpha)
 
@@ -115,11 +116,13 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return F.batch_norm(inputs, mean, variance, gamma, beta, mode == "track", 1.0 - self.momentum, self.epsilon)
 
     def _synced(self, inputs, gamma, beta, update: bool):
-        """Batch normalisation with the moments of the batches of all processes."""
+        """Batch normalisation with the moments of the batches of all processes (summed in float32
+        whatever the inputs' precision)."""
         dims = [0, *range(2, inputs.ndim)]
         c = inputs.shape[1]
-        count = torch.full((1,), inputs.numel() / c, dtype=inputs.dtype, device=inputs.device)
-        moments = distributed.all_reduce_sum(torch.cat([inputs.sum(dims), (inputs * inputs).sum(dims), count]))
+        wide = inputs.float()
+        count = torch.full((1,), inputs.numel() / c, dtype=wide.dtype, device=inputs.device)
+        moments = distributed.all_reduce_sum(torch.cat([wide.sum(dims), (wide * wide).sum(dims), count]))
         n = moments[-1]
         mean = moments[:c] / n
         variance = torch.clamp(moments[c : 2 * c] / n - mean * mean, min=0.0)
@@ -133,7 +136,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         if gamma is not None:
             scale = scale * gamma
         shift = -mean * scale + (beta if beta is not None else 0.0)
-        return inputs * scale.reshape(shape) + shift.reshape(shape)
+        return (wide * scale.reshape(shape) + shift.reshape(shape)).to(inputs.dtype)
 
     def _per_view(self, inputs, n_views: int, gamma, beta, update: bool):
         """Batch normalisation of each of ``n_views`` stacked views with its own statistics, the
@@ -246,7 +249,7 @@ class Standardize(keras.layers.Layer):
     """
 
     def __init__(self, stats_shape: tuple[int, ...], **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**{"dtype": EXACT, **kwargs})
         self.stats_shape = tuple(int(s) for s in stats_shape)
         self.mean = self.add_weight(name="mean", shape=self.stats_shape, initializer="zeros", trainable=False)
         self.std = self.add_weight(name="std", shape=self.stats_shape, initializer="ones", trainable=False)
@@ -278,7 +281,7 @@ class Resize(keras.layers.Layer):
     """
 
     def __init__(self, size: tuple[int, int], **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**{"dtype": EXACT, **kwargs})
         self.size = tuple(int(s) for s in size)
 
     def call(self, x):

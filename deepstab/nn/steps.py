@@ -18,15 +18,30 @@ def apply_gradients(model: keras.Model, loss, variables: list, transform=None) -
     """Back-propagate ``loss`` and let the model's optimizer update ``variables``.
 
     ``transform(grads, variables) -> grads`` may rewrite the gradients first (LFSS adds
-    weight decay and scales the predictor's).
+    weight decay and scales the predictor's). Under float16 mixed precision the optimizer is a
+    ``LossScaleOptimizer``: the loss is multiplied by its scale before the backward pass, and
+    ``transform`` sees the gradients divided by it (the true gradients).
     """
+    optimizer = model.optimizer
     model.zero_grad()
-    loss.backward()
+    optimizer.scale_loss(loss).backward()
     with torch.no_grad():
         grads = [v.value.grad for v in variables]
         if transform is not None:
-            grads = transform(grads, variables)
-        model.optimizer.apply(grads, variables)
+            scale = _loss_scale(optimizer)
+            if scale is None:
+                grads = transform(grads, variables)
+            else:
+                grads = transform([None if g is None else g / scale for g in grads], variables)
+                grads = [None if g is None else g * scale for g in grads]
+        optimizer.apply(grads, variables)
+
+
+def _loss_scale(optimizer: keras.optimizers.Optimizer):
+    """The factor :meth:`scale_loss` multiplies the loss by; ``None`` when it leaves it as it is."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer.dynamic_scale.value if optimizer.built else optimizer.initial_scale
+    return optimizer.loss_scale_factor
 
 
 def clip_by_global_norm(grads: list, max_norm: float) -> list:

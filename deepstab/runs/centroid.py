@@ -29,6 +29,7 @@ from deepstab.metrics import cluster_sizes, evaluate
 from deepstab.nn.autoencoders import AUGMENTATIONS, STANDARDISATIONS
 from deepstab.nn.networks import INITS
 from deepstab.nn.optimizers import Adam
+from deepstab.nn.precision import precision_scope
 from deepstab.runs.common import (
     CHECKPOINT_SECONDS,
     autoencoder_path,
@@ -261,7 +262,8 @@ class CentroidResult:
 
 
 def build_model(run: CentroidRun, shape: tuple[int, ...], k: int, **settings) -> FeedForwardClusterer:
-    return METHODS[run.method](k, shape, **(run.model_settings() | settings))
+    with precision_scope(run.precision):
+        return METHODS[run.method](k, shape, **(run.model_settings() | settings))
 
 
 # The embedding size e of a run that chooses K (the default e = K is not known before the

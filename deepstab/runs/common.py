@@ -20,6 +20,7 @@ from deepstab.checkpoint import Checkpoint
 from deepstab.errors import DeepstabError
 from deepstab.io import check_model_path, load_model, output_lock, save_model, writable_folder
 from deepstab.methods.base import CentroidClusterer
+from deepstab.nn.precision import DEFAULT_PRECISION
 from deepstab.runs.progress import TimeEstimate
 
 
@@ -88,7 +89,10 @@ PRETRAINING_DRAWS = "seeded streams"
 def autoencoder_path(run, prefix: str, x: np.ndarray, settings: dict) -> Path:
     """Where the pretrained autoencoder of these images and these ``settings`` (everything that
     changes it) is kept for reuse: ``<models_dir>/<prefix>-<dataset>-<hash>.keras``. Other data
-    under the same file name, or any other setting, gives another file."""
+    under the same file name, any other setting, or another ``run.precision`` gives another file
+    (float32 autoencoders keep the names they had before precisions were offered)."""
+    if run.precision != DEFAULT_PRECISION:
+        settings = settings | {"precision": run.precision}
     key = json.dumps(settings, sort_keys=True, default=str) + data_digest(x) + PRETRAINING_DRAWS
     return Path(run.models_dir) / f"{prefix}-{run.slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.keras"
 

@@ -27,6 +27,7 @@ from deepstab.methods.decs import DECS, PRIOR_TARGETS, STARTS
 from deepstab.methods.losses import VARIANTS
 from deepstab.metrics import cluster_sizes, evaluate
 from deepstab.nn.optimizers import Adam
+from deepstab.nn.precision import precision_scope
 from deepstab.runs.common import (
     CHECKPOINT_SECONDS,
     autoencoder_path,
@@ -293,6 +294,11 @@ def _pretrain_and_cluster(run: DECSRun, x: np.ndarray, y: np.ndarray | None, cal
 
 
 def _model(run: DECSRun, x: np.ndarray, k: int, k_choice: dict | None = None) -> DECS:
+    with precision_scope(run.precision):
+        return _build(run, x, k, k_choice)
+
+
+def _build(run: DECSRun, x: np.ndarray, k: int, k_choice: dict | None) -> DECS:
     return DECS(
         n_clusters=k,
         input_shape=x.shape[1:],

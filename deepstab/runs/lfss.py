@@ -33,6 +33,7 @@ from deepstab.io import save_model, write_labels_csv
 from deepstab.methods.lfss import BASES, LFSSModel, lfss_optimizer
 from deepstab.metrics import cluster_sizes
 from deepstab.nn.networks import RESNETS
+from deepstab.nn.precision import precision_scope
 from deepstab.runs.common import checkpoint_folder, choose_n_clusters, format_metrics, guarded_output, k_plot_path
 from deepstab.runs.progress import TimeEstimate
 from deepstab.runs.report import report_after_run
@@ -205,6 +206,11 @@ def _normalisation(dataset: str, x: np.ndarray) -> tuple[tuple[float, ...], tupl
 def build_model(run: LFSSRun, x: np.ndarray, k: int | str) -> LFSSModel:
     """The run's model; ``k="auto"`` leaves K to be chosen from the embedding (:class:`LFSSModel`)."""
     mean, std = _normalisation(run.dataset, x)
+    with precision_scope(run.precision):
+        return _build(run, x, k, mean, std)
+
+
+def _build(run: LFSSRun, x: np.ndarray, k: int | str, mean: tuple, std: tuple) -> LFSSModel:
     return LFSSModel(
         x.shape[1:],
         None if k == checks.AUTO else k,

@@ -34,6 +34,7 @@ import click
 
 from deepstab import checks, datasets
 from deepstab.errors import DeepstabError
+from deepstab.nn.precision import DEFAULT_PRECISION, PRECISIONS
 
 # Options of which one would silently override the other: a run refuses them together. By field
 # name, for every run class that has both fields; a field counts as given when it differs from
@@ -46,6 +47,10 @@ CONFLICTS: dict[tuple[str, str], str] = {
     ("model", "pretrain_batch_size"): "--model goes on training a saved model, so nothing is pretrained",
 }
 
+
+# Settings added after checkpoints of earlier versions were written: a checkpoint records them
+# only when they differ from their default, so those checkpoints still match a run that keeps it.
+RECORDED_UNLESS_DEFAULT = ("precision",)
 
 # The commands that train a model and write its cluster report at their end.
 TRAINING_COMMANDS = ("decs", "dec", "idec", "dcn", "lfss", "stability")
@@ -123,6 +128,15 @@ class RunSettings:
         check=checks.positive_int,
     )
     seed: int = setting(0, "Random seed.", check=checks.non_negative_int)
+    precision: str = setting(
+        DEFAULT_PRECISION,
+        "Training precision: 32 (float32), or Keras mixed precision with weights in float32 and the networks "
+        "computed in bf16 (bfloat16) or fp16 (float16, with loss scaling). The Student-t assignments, Otsu's "
+        "threshold, LFSS's normalised embeddings and k-means stay float32. For GPUs: a CPU without bfloat16 "
+        "units trains slower in bf16.",
+        choices=tuple(PRECISIONS),
+        commands=TRAINING_COMMANDS,
+    )
     fresh: bool = setting(
         False,
         "Start over: delete the checkpoint that an interrupted run on the same --output left (and that of its "
@@ -178,7 +192,12 @@ class RunSettings:
 
     def training_settings(self) -> dict:
         """The settings that change what is trained (what a checkpoint must match)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("training", True)}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata.get("training", True)
+            and not (f.name in RECORDED_UNLESS_DEFAULT and getattr(self, f.name) == f.default)
+        }
 
 
 def _click_type(field: dataclasses.Field, hint) -> object:

@@ -122,6 +122,7 @@ def run_stability(run: StabilityRun) -> dict:
             pretrain_batch_size=run.pretrain_batch_size,
             cluster_epochs=run.epochs,
             seed=run.seed,
+            precision=run.precision,
             output=str(out / "model.keras"),
             models_dir=run.models_dir,
             eval_every=max(run.epochs // 5, 1),
@@ -140,6 +141,7 @@ def run_stability(run: StabilityRun) -> dict:
             epochs=run.epochs,
             eta=max(run.epochs // 2, 1),
             seed=run.seed,
+            precision=run.precision,
             output=str(out / "model.keras"),
         )
         model = load_model(run.model, expect=LFSSModel) if run.model else None
