@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import torch
 from keras import ops
 
 from deepstab.errors import DeepstabError
@@ -98,6 +99,34 @@ def test_graph_call_computes_what_keras_call_computes(training):
     moved = not np.allclose(ops.convert_to_numpy(fast_side.layers[3].moving_mean), 0.0)
     assert moved == training
     assert _plan(keras.Sequential([keras.layers.Dense(2)])) is None  # not functional: called as usual
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_graph_call_computes_what_keras_call_computes_in_mixed_precision(training):
+    """Under mixed bfloat16 each layer's inputs are cast and its weights read as Keras's
+    ``__call__`` does, so the fast path gives the same tensors bit for bit; a float32 layer in
+    the graph (the embedding's ``Standardize``, say) gets float32 inputs."""
+    from deepstab.nn.layers import Standardize
+    from deepstab.nn.precision import precision_scope
+    from deepstab.nn.steps import _plan, graph_call
+
+    x = np.random.default_rng(0).random((5, 6), dtype=np.float32)
+    with precision_scope("bf16"):
+        keras_side, fast_side = _residual_model(4, 0), _residual_model(4, 0)
+        inputs = keras.Input((6,))
+        exact_inside = keras.Model(inputs, keras.layers.Dense(2)(Standardize((6,))(keras.layers.Dense(6)(inputs))))
+    fast_side.set_weights(keras_side.get_weights())
+    assert _plan(fast_side) is not None and _plan(exact_inside) is not None
+    expected = ops.convert_to_numpy(keras_side(x, training=training))
+    got = graph_call(fast_side, x, training=training)
+    assert got.dtype == torch.bfloat16
+    np.testing.assert_array_equal(ops.convert_to_numpy(got), expected)
+    for a, b in zip(keras_side.weights, fast_side.weights):
+        assert b.dtype == "float32"
+        np.testing.assert_array_equal(ops.convert_to_numpy(b), ops.convert_to_numpy(a))
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(graph_call(exact_inside, x)), ops.convert_to_numpy(exact_inside(x))
+    )
 
 
 def test_graph_call_plans_belong_to_their_models():

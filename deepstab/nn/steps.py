@@ -8,6 +8,11 @@ import inspect
 import keras
 import torch
 
+try:  # Keras's scope in which float32 weights read as the layer's compute dtype (not public API)
+    from keras.src.backend import AutocastScope
+except ImportError:  # mixed-precision models are then called through Keras's __call__
+    AutocastScope = None
+
 
 def images_of(data):
     """The images of a batch given as ``x``, ``(x,)`` or ``(x, y[, w])``."""
@@ -59,8 +64,10 @@ def graph_call(model: keras.Model, x, training: bool = False):
     through its graph with each layer's ``call`` called directly (nested functional models the
     same way). Keras's ``__call__`` (input checks, masking, autocasting, name scopes) costs about
     0.1 ms per layer on the torch backend: a tenth of a small network's training step on a CPU,
-    and several milliseconds per ResNet-18 call; float32 layers on unmasked tensors need none of
-    it. Other models are called as usual.
+    and several milliseconds per ResNet-18 call; layers on unmasked tensors need none of it. In
+    a mixed-precision model each layer's floating inputs are cast to its compute dtype and its
+    call runs in Keras's autocast scope (its float32 weights read in that dtype), as ``__call__``
+    does. Other models are called as usual.
 
     Invariant: the result equals ``model(x, training=training)`` (``tests/test_layers.py``).
     """
@@ -72,7 +79,7 @@ def graph_call(model: keras.Model, x, training: bool = False):
         return model(x, training=training)
     steps, n_slots, output = plan
     values = [None] * n_slots
-    values[0] = x
+    values[0] = x if torch.is_tensor(x) else keras.ops.convert_to_tensor(x)
     for call, takes_training, sources, many, target in steps:
         inputs = [values[i] for i in sources] if many else values[sources[0]]
         values[target] = call(inputs, training=training) if takes_training else call(inputs)
@@ -82,11 +89,15 @@ def graph_call(model: keras.Model, x, training: bool = False):
 def _plan(model: keras.Model) -> tuple | None:
     """``(steps, number of slots, output slot)`` for :func:`graph_call`, each step ``(call, takes
     training, input slots, inputs as a list, output slot)`` in an order that computes every
-    input first; ``None`` when the model is not a plain float32 functional graph."""
+    input first; ``None`` when the model is not a plain functional graph of float layers."""
     try:
         (model_input,), (model_output,) = model.inputs, model.outputs
         nodes_by_depth = model._nodes_by_depth
     except (AttributeError, TypeError, ValueError):  # not functional, or several inputs or outputs
+        return None
+    dtypes = {node.operation.compute_dtype for nodes in nodes_by_depth.values() for node in nodes if not node.is_input}
+    mixed = dtypes != {"float32"}
+    if not dtypes <= {"float32", "bfloat16", "float16"} or (mixed and AutocastScope is None):
         return None
     slots = {id(model_input): 0}
     steps = []
@@ -100,7 +111,7 @@ def _plan(model: keras.Model) -> tuple | None:
             masked = any(v is not None for v in node.arguments.kwargs.values())  # Keras records mask=None
             if masked or (not many and len(args) != 1) or len(node.outputs) != 1:
                 return None
-            if not isinstance(layer, keras.layers.Layer) or layer.dtype_policy.compute_dtype != "float32":
+            if not isinstance(layer, keras.layers.Layer):
                 return None
             if any(id(t) not in slots for t in sources):
                 return None
@@ -110,8 +121,28 @@ def _plan(model: keras.Model) -> tuple | None:
                 call, takes_training = (lambda inner: lambda h, training: graph_call(inner, h, training))(layer), True
             else:
                 call, takes_training = layer.call, "training" in inspect.signature(layer.call).parameters
+                if mixed and layer.autocast:
+                    call = _in_precision(call, layer.compute_dtype, layer.compute_dtype != layer.variable_dtype)
             slots[id(node.outputs[0])] = len(slots)
             steps.append((call, takes_training, [slots[id(t)] for t in sources], many, slots[id(node.outputs[0])]))
     if id(model_output) not in slots:
         return None
     return steps, len(slots), slots[id(model_output)]
+
+
+def _in_precision(call, dtype: str, scoped: bool):
+    """``call`` with its floating inputs cast to ``dtype``, within Keras's autocast scope of
+    ``dtype`` when ``scoped`` (a layer whose weights are of another dtype than it computes in)."""
+    target = getattr(torch, dtype)
+
+    def cast(x):
+        return x.to(target) if torch.is_tensor(x) and x.is_floating_point() and x.dtype != target else x
+
+    def run(inputs, **kwargs):
+        inputs = [cast(x) for x in inputs] if isinstance(inputs, (list, tuple)) else cast(inputs)
+        if not scoped:
+            return call(inputs, **kwargs)
+        with AutocastScope(dtype):
+            return call(inputs, **kwargs)
+
+    return run
