@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 from keras import ops
+from sklearn.metrics import adjusted_rand_score
 
 from deepstab import DECS, ConvAutoencoder, load_model, save_model
 from deepstab.errors import DeepstabError
@@ -213,6 +214,39 @@ def test_collapse_guard_split_refills_a_drained_cluster_by_the_best_split(pretra
     restored_guard.load_state(guard.state())
     assert restored_guard.splits == guard.splits and restored_guard.split_epochs == [0]
     assert restored.on_collapse == "split"
+
+
+def test_collapse_guard_restart_starts_over_from_an_unlike_partition(pretrained_weights):
+    x, _ = blobs()
+    model = DECS(5, (8, 8, 1), **TINY, on_collapse="restart")  # five clusters of three blobs: starts differ
+    model.autoencoder.set_weights(pretrained_weights)
+    model.initialize_centroids(x)
+    first, start_ae = model.predict_labels(x), model.autoencoder.get_weights()
+    model.compile(optimizer=keras.optimizers.Adam(1e-6))
+    after = {}
+
+    def drain_cluster_4_once(epoch, logs):
+        if epoch == 0:
+            c = ops.convert_to_numpy(model.clustering.centroids).copy()
+            c[4] += 1e4
+            model.clustering.centroids.assign(c)
+
+    def restarted(epoch, logs):  # the state the restart left, before epoch 1 trains
+        if epoch == 1:
+            after.update(ae=model.autoencoder.get_weights(), labels=model.predict_labels(x), target=model.size_target)
+
+    watch = keras.callbacks.LambdaCallback(on_epoch_end=drain_cluster_4_once, on_epoch_begin=restarted)
+    with pytest.warns(UserWarning, match="epoch 1: it starts over .* next-best k-means start"):
+        model.fit(x, epochs=2, batch_size=10, verbose=0, callbacks=[watch])
+    guard = model.collapse_guard
+    assert guard.restart_epochs[0] == 0
+    for now, then in zip(after["ae"], start_ae):  # the start's weights put back
+        np.testing.assert_array_equal(now, then)
+    assert adjusted_rand_score(first, after["labels"]) < 0.9  # from another partition
+    np.testing.assert_allclose(after["target"], np.bincount(after["labels"], minlength=5) / len(x))
+    again = CollapseGuard(x, 5, action="restart")
+    again.load_state(guard.state())
+    assert again.restart_epochs == guard.restart_epochs and len(again._initial) == len(model.get_weights())
 
 
 def test_prior_toward_the_start_targets_the_start_shares_and_is_saved(pretrained_weights, tmp_path):

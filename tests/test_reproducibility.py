@@ -56,7 +56,8 @@ def run(method: str, folder, labelled: bool, watched: bool, **settings):
     x, y = colour_blobs() if method == "lfss" else grey_blobs()
     data = (x, y if labelled else None)
     callbacks = [SampleStabilityTracker(x, every=1)] if watched else []
-    common = dict(dataset="npz:blobs", n_clusters=len(np.unique(y)), seed=3, output=str(folder / "m.keras"))
+    k = settings.pop("n_clusters", len(np.unique(y)))
+    common = dict(dataset="npz:blobs", n_clusters=k, seed=3, output=str(folder / "m.keras"))
     if method == "lfss":
         return run_lfss(LFSSRun(**common, **{**LFSS_TINY, **settings}), callbacks=callbacks, data=data)
     common |= dict(models_dir=str(folder), eval_every=1 if watched else 1000, verbose=0)
@@ -123,11 +124,14 @@ def interrupt_at(monkeypatch, stage: str, epoch: int) -> None:
         ("idec", {"brb": True}, "pretraining", 1),
         ("idec", {"brb": True}, "clustering", 1),
         ("lfss", {"resume": True}, "training", 1),
+        ("decs", {"on_collapse": "restart", "n_clusters": 5, "cluster_epochs": 5}, "clustering", 2),
     ],
-    ids=["decs-pretraining", "decs-clustering", "idec-brb-pretraining", "idec-brb-clustering", "lfss"],
+    ids=["decs-pretraining", "decs-clustering", "idec-brb-pretraining", "idec-brb-clustering", "lfss", "decs-restart"],
 )
 def test_an_interrupted_run_resumes_to_the_same_model(tmp_path, monkeypatch, method, settings, stage, epoch):
     whole = run(method, tmp_path / "whole", labelled=True, watched=False, **settings)
+    if settings.get("on_collapse") == "restart":  # the kill comes after a restart, and the resumed run restarts
+        assert whole.model.collapse_guard.restart_epochs[0] < epoch <= whole.model.collapse_guard.restart_epochs[-1]
     with monkeypatch.context() as patch:
         interrupt_at(patch, stage, epoch)
         with pytest.raises(Interrupted):

@@ -11,10 +11,12 @@ from sklearn.cluster import KMeans
 
 from deepstab import checks, seeding
 from deepstab.errors import DeepstabNote
+from deepstab.methods.brb import zero_optimizer_moments
 from deepstab.metrics import cluster_sizes
 
-COLLAPSE_ACTIONS = ("fallback", "split", "restore", "stop", "warn")
+COLLAPSE_ACTIONS = ("fallback", "split", "restart", "restore", "stop", "warn")
 MAX_SPLITS = 3  # "split" refills clusters at most this many times, then falls back
+MAX_RESTARTS = 2  # "restart" starts clustering over at most this many times, then falls back
 
 
 class CollapseGuard(keras.callbacks.Callback):
@@ -47,7 +49,11 @@ class CollapseGuard(keras.callbacks.Callback):
             every other cluster's embeddings on the sample, the one that lowers the squared error
             most (the likeliest merge of two classes; bisecting k-means's rule), one half keeping
             its centroid's index and the other taking the shrunken one's; at most ``MAX_SPLITS``
-            times, then as ``"fallback"``.
+            times, then as ``"fallback"``. ``"restart"`` (DECS) starts clustering over: the
+            weights of the start of training put back, the optimizer's moments zeroed and the
+            centroids set to the next-best start (``model.next_start``: the start rule's choice
+            among the k-means partitions unlike those tried); at most ``MAX_RESTARTS`` times,
+            then as ``"fallback"``.
         fallback_prior: the size-prior weight that ``"fallback"`` switches on.
         sample_size: how many images are labelled per check.
         seed: seed of the sample's draw.
@@ -67,6 +73,7 @@ class CollapseGuard(keras.callbacks.Callback):
         checks.choice("action", action, COLLAPSE_ACTIONS)
         checks.in_range("min_share", min_share, 0.0, 1.0, high_open=True)
         rng = np.random.default_rng(seed)
+        self.x = x
         self.sample = x[np.sort(rng.permutation(len(x))[:sample_size])]
         self.n_clusters, self.min_share, self.action = int(n_clusters), float(min_share), action
         self.fallback_prior = float(fallback_prior)
@@ -79,6 +86,8 @@ class CollapseGuard(keras.callbacks.Callback):
         self._last_collapsed = False
         self.split_epochs: list[int] = []
         self.splits: list[tuple[int, int]] = []  # (refilled cluster, split cluster)
+        self.restart_epochs: list[int] = []
+        self._initial: list | None = None  # the weights at the start of training ("restart")
 
     def check(self) -> dict[str, float]:
         """Cluster balance of the current model on the sample."""
@@ -98,8 +107,11 @@ class CollapseGuard(keras.callbacks.Callback):
         state["guard:last_collapsed"] = np.array(self._last_collapsed)
         state["guard:split_epochs"] = np.array(self.split_epochs, np.int64)
         state["guard:splits"] = np.array(self.splits, np.int64).reshape(-1, 2)
+        state["guard:restart_epochs"] = np.array(self.restart_epochs, np.int64)
         for i, weight in enumerate(self._healthy or []):
             state[f"guard:weight_{i}"] = weight
+        for i, weight in enumerate(self._initial or []):
+            state[f"guard:initial_{i}"] = weight
         return state
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
@@ -110,13 +122,18 @@ class CollapseGuard(keras.callbacks.Callback):
         self._last_collapsed = bool(state.get("guard:last_collapsed", False))
         self.split_epochs = [int(e) for e in state.get("guard:split_epochs", [])]
         self.splits = [(int(a), int(b)) for a, b in state.get("guard:splits", np.zeros((0, 2)))]
+        self.restart_epochs = [int(e) for e in state.get("guard:restart_epochs", [])]
         count = sum(key.startswith("guard:weight_") for key in state)
         self._healthy = [state[f"guard:weight_{i}"] for i in range(count)] or None
+        count = sum(key.startswith("guard:initial_") for key in state)
+        self._initial = [state[f"guard:initial_{i}"] for i in range(count)] or None
 
     def on_train_begin(self, logs=None):
         if self._healthy is not None:  # resumed: the state came from the checkpoint
             return
         self._healthy, self._healthy_epoch = self.model.get_weights(), None
+        if self.action == "restart":
+            self._initial = self._healthy
         if self.check()["collapsed"]:
             warnings.warn(
                 "The clustering is already unbalanced before training (a cluster is empty or tiny "
@@ -138,7 +155,10 @@ class CollapseGuard(keras.callbacks.Callback):
         if self.action == "split" and len(self.split_epochs) < MAX_SPLITS and self.fallback_epoch is None:
             self._split(epoch)
             return
-        fallback = self.action in ("fallback", "split")
+        restarting = self.action == "restart" and len(self.restart_epochs) < MAX_RESTARTS
+        if restarting and self.fallback_epoch is None and self._restart(epoch):
+            return
+        fallback = self.action in ("fallback", "split", "restart")
         falling_back = fallback and self.fallback_epoch is None
         action = "fallback" if falling_back else "warn" if fallback else self.action
         if first or action != "warn":
@@ -197,10 +217,36 @@ class CollapseGuard(keras.callbacks.Callback):
             stacklevel=2,
         )
 
+    def _restart(self, epoch: int) -> bool:
+        """Start clustering over from the next-best start (see ``action``); ``False``, with the
+        current weights kept, when every k-means partition is like one tried."""
+        current = self.model.get_weights()
+        self.model.set_weights(self._initial)
+        unlike = [self.model.predict_labels(self.x)]  # the first start's partition
+        for _ in range(len(self.restart_epochs) + 1):  # and those of the restarts before
+            start = self.model.next_start(self.x, unlike)
+            if start is None:
+                self.model.set_weights(current)
+                return False
+            unlike.append(start.labels)
+        zero_optimizer_moments(self.model.optimizer, self.model.trainable_variables)
+        self.restart_epochs.append(epoch)
+        self._healthy, self._healthy_epoch = self.model.get_weights(), None
+        warnings.warn(
+            f"Clustering is collapsing at epoch {epoch + 1}: it starts over from the weights of its start and the "
+            f"next-best k-means start, unlike those tried (+{start.excess:.1%} inertia over the lowest, smallest "
+            f"cluster {start.min_share:.2f} of an even share; {len(self.restart_epochs)} of at most {MAX_RESTARTS} "
+            f"restarts).",
+            DeepstabNote,
+            stacklevel=2,
+        )
+        return True
+
     def on_epoch_begin(self, epoch, logs=None):
         self._last_collapsed = False
 
     def on_train_end(self, logs=None):
-        if self.action in ("fallback", "split") and self._last_collapsed and self.fallback_epoch is not None:
+        fallback = ("fallback", "split", "restart")
+        if self.action in fallback and self._last_collapsed and self.fallback_epoch is not None:
             self.model.set_weights(self._healthy)
             self.restored_epoch = self._healthy_epoch

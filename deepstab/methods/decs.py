@@ -25,6 +25,7 @@ from deepstab.nn.steps import apply_gradients, images_of
 
 STARTS = ("balanced", "inertia")
 PRIOR_TARGETS = ("uniform", "start")
+START_RUNS = 20  # the k-means runs the clustering start is chosen from
 
 
 @keras.saving.register_keras_serializable(package="deepstab")
@@ -59,7 +60,8 @@ class DECS(CentroidClusterer):
         on_collapse: what :meth:`fit` does when a cluster empties or shrinks below
             ``collapse_share`` of an even share: ``"fallback"`` (restore the last
             healthy weights, go on with the size prior), ``"split"`` (refill it by splitting
-            another cluster, then fall back), ``"restore"`` (restore and stop), ``"stop"`` or
+            another cluster, then fall back), ``"restart"`` (start clustering over from the
+            next-best start, then fall back), ``"restore"`` (restore and stop), ``"stop"`` or
             ``"warn"`` (see :class:`deepstab.methods.collapse.CollapseGuard`).
         collapse_share: the shrinking threshold, relative to ``1 / K``.
         start: the clustering start: ``"balanced"`` (of 20 single-start k-means partitions of the
@@ -133,18 +135,30 @@ class DECS(CentroidClusterer):
         self.threshold_tracker = keras.metrics.Mean(name="threshold")
         self.built = True
 
-    def initialize_centroids(self, x, n_init: int = 20, seed: int | None = None) -> np.ndarray:
+    def initialize_centroids(self, x, n_init: int = START_RUNS, seed: int | None = None) -> np.ndarray:
         """Set the centroids to the start of ``self.start`` on the embeddings of ``x`` (``n_init``
         k-means runs, seeded by ``seed``, by default the model's k-means stream); return its labels."""
         if self.start == "inertia":
             labels = super().initialize_centroids(x, n_init, seed)
-        else:
-            seeds = [seeding.derive(self.seed if seed is None else seed, "kmeans", i) for i in range(n_init)]
-            self.start_choice = balanced_kmeans(self.embed(x), self.n_clusters, seeds)
-            self.set_centroids(self.start_choice.centres)
-            labels = self.start_choice.labels
-        self.size_target = np.bincount(labels, minlength=self.n_clusters).astype(np.float32) / len(labels)
-        return labels
+            self.size_target = _shares(labels, self.n_clusters)
+            return labels
+        return self._balanced_start(x, n_init, seed, []).labels
+
+    def next_start(self, x, unlike: list[np.ndarray]) -> Start | None:
+        """Start again from the start rule's choice among the k-means partitions of the
+        embeddings of ``x`` that are unlike each of ``unlike`` (:func:`balanced_kmeans`; the
+        restart of the collapse guard): the centroids, ``size_target`` and ``start_choice`` set
+        to it. ``None``, with nothing changed, when every partition is like one of them."""
+        return self._balanced_start(x, START_RUNS, None, unlike)
+
+    def _balanced_start(self, x, n_init: int, seed: int | None, unlike: list[np.ndarray]) -> Start | None:
+        seeds = [seeding.derive(self.seed if seed is None else seed, "kmeans", i) for i in range(n_init)]
+        start = balanced_kmeans(self.embed(x), self.n_clusters, seeds, unlike)
+        if start is not None:
+            self.start_choice = start
+            self.set_centroids(start.centres)
+            self.size_target = _shares(start.labels, self.n_clusters)
+        return start
 
     def training_callbacks(self, data, callbacks: list) -> list:
         """A :class:`CollapseGuard` on the images of ``data`` unless ``callbacks`` holds one
@@ -221,3 +235,8 @@ class DECS(CentroidClusterer):
             "collapse_share": self.collapse_share,
             "start": self.start,
         }
+
+
+def _shares(labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Each cluster's share of ``labels``."""
+    return np.bincount(labels, minlength=n_clusters).astype(np.float32) / len(labels)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
 
 from deepstab import distributed
 from deepstab.errors import DeepstabError
@@ -41,6 +42,8 @@ def kmeans(z: np.ndarray, n_clusters: int, n_init: int = 20, seed: int | None = 
 # BALANCE_TOLERANCE more inertia than the lowest.
 SMALL_CLUSTER = 2 / 3
 BALANCE_TOLERANCE = 0.05
+# Two k-means partitions count as the same start when their ARI is at least this.
+SAME_PARTITION = 0.9
 
 
 @dataclass
@@ -75,12 +78,14 @@ def single_starts(z: np.ndarray, n_clusters: int, seeds: list[int]) -> list[KMea
     return [KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit(z) for seed in seeds]
 
 
-def balanced_kmeans(z: np.ndarray, n_clusters: int, seeds: list[int]) -> Start:
+def balanced_kmeans(z: np.ndarray, n_clusters: int, seeds: list[int], unlike: list[np.ndarray] = ()) -> Start | None:
     """Single-start k-means runs on ``z``, one per seed of ``seeds`` (k-means++ seeding): the
     partition of lowest inertia, unless its smallest cluster holds less than
     :data:`SMALL_CLUSTER` of an even share ``N / K`` and another partition within
     :data:`BALANCE_TOLERANCE` of that inertia has no such cluster; then the lowest-inertia one
-    of those.
+    of those. With ``unlike`` (label arrays of partitions tried before), the rule chooses among
+    the runs whose partition is unlike each of them (ARI below :data:`SAME_PARTITION`): the
+    next-best start, for DECS's restart on collapse. ``None`` when no run is unlike them all.
 
     k-means with restarts keeps the lowest inertia, and on a pretrained embedding that is often
     a partition that splits a large class and merges two others, leaving one small cluster that
@@ -98,20 +103,26 @@ def balanced_kmeans(z: np.ndarray, n_clusters: int, seeds: list[int]) -> Start:
     ([20, 20], 4, 0.0)
     """
     runs = single_starts(z, n_clusters, seeds)
-    inertia = np.array([r.inertia_ for r in runs])
-    shares = np.array([np.bincount(r.labels_, minlength=n_clusters).min() * n_clusters / len(z) for r in runs])
+    pool = [i for i, r in enumerate(runs) if all(adjusted_rand_score(t, r.labels_) < SAME_PARTITION for t in unlike)]
+    if not pool:
+        return None
+    inertia = np.array([runs[i].inertia_ for i in pool])
+    shares = np.array([np.bincount(runs[i].labels_, minlength=n_clusters).min() * n_clusters / len(z) for i in pool])
     lowest = int(np.argmin(inertia))
     fine = np.flatnonzero((inertia <= inertia[lowest] * (1 + BALANCE_TOLERANCE)) & (shares >= SMALL_CLUSTER))
-    chosen = int(fine[np.argmin(inertia[fine])]) if len(fine) else lowest
-    run = runs[chosen]
+    picked = int(fine[np.argmin(inertia[fine])]) if len(fine) else lowest
+    chosen, run = pool[picked], runs[pool[picked]]
+    inertia_all = np.array([r.inertia_ for r in runs])
+    lowest_all = int(np.argmin(inertia_all))
+    lowest_share = np.bincount(runs[lowest_all].labels_, minlength=n_clusters).min() * n_clusters / len(z)
     return Start(
         run.cluster_centers_.astype(np.float32),
         run.labels_.astype(np.int64),
         chosen,
         len(seeds),
-        float(inertia[chosen] / inertia[lowest] - 1.0),
-        float(shares[chosen]),
-        float(shares[lowest]),
+        float(run.inertia_ / inertia_all[lowest_all] - 1.0),
+        float(shares[picked]),
+        float(lowest_share),
     )
 
 

@@ -164,7 +164,8 @@ class DECSRun(RunSettings):
         default_of(DECS, "on_collapse"),
         "What to do when a cluster empties or shrinks: fallback (restore the last healthy weights once and go on with "
         "the size prior at weight 1), split (refill it by the best 2-means split of another cluster, up to 3 times, "
-        "then fall back), restore (restore and stop), stop, or warn.",
+        "then fall back), restart (start clustering over from the next-best k-means start, up to 2 times, then fall "
+        "back), restore (restore and stop), stop, or warn.",
         choices=COLLAPSE_ACTIONS,
     )
     start: str = setting(
@@ -409,6 +410,18 @@ def summary(run: DECSRun, result: DECSResult) -> str:
                 f"refilled the shrunken cluster{'s' if refills > 1 else ''} by splitting another in two "
                 f"({refills} time{'s' if refills > 1 else ''}, at epoch{'s' if len(guard.split_epochs) > 1 else ''} "
                 f"{', '.join(str(e + 1) for e in guard.split_epochs)})"
+            )
+            if guard.fallback_epoch is not None:
+                what += f"; as clusters kept shrinking, it then {fallback}"
+            else:
+                what += " and went on"
+        if run.on_collapse == "restart":
+            restarts = len(guard.restart_epochs)
+            what = (
+                f"started over from the next-best k-means start {restarts} time{'s' if restarts > 1 else ''} (at "
+                f"epoch{'s' if restarts > 1 else ''} {', '.join(str(e + 1) for e in guard.restart_epochs)})"
+                if restarts
+                else "found no other k-means start"
             )
             if guard.fallback_epoch is not None:
                 what += f"; as clusters kept shrinking, it then {fallback}"
