@@ -34,7 +34,8 @@ COLLAPSE = re.compile(r"collapse at epoch (\d+)")
 
 def measure(args: argparse.Namespace, dataset: str, seed: int) -> dict:
     folder = Path(args.models_dir) / f"{dataset}-s{seed}"
-    out = folder / f"decs-{dataset}.keras"
+    options = "-".join(part.strip("-").replace("=", "-") for part in args.extra)  # other options, another file
+    out = folder / f"decs-{dataset}{'-' + options if options else ''}.keras"
     cmd = [sys.executable, "cli.py", "decs", "--dataset", dataset, "--seed", str(seed), *args.extra]
     cmd += ["--output", str(out), "--models-dir", str(folder)]
     resumed = folder.exists() and any(folder.glob(".checkpoint-*"))  # an earlier attempt's time is unknown

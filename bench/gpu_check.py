@@ -23,6 +23,7 @@ one, in which no collective runs (the line says so).
     python bench/gpu_check.py --smoke          # anywhere, in a minute: tiny sizes, the CPU's threads
     python bench/gpu_check.py --precision bf16
     python bench/gpu_check.py --json out.json  # also the rows as JSON
+    python bench/gpu_check.py --only decs dec-family --skip-distributed   # some rows only
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from deepstab.nn.precision import precision_scope
 
 LOSS_RTOL = 5e-3  # per-step loss, N processes against one: float sums in another order
 LFSS_SHAPE = (32, 32, 3)
+GROUPS = ("lfss", "decs", "dec-family")  # the rows of part 1
 
 
 def sizes(smoke: bool) -> dict:
@@ -87,14 +89,15 @@ def step_rows(args, size: dict) -> list[dict]:
         print(format_row(rows[-1]), flush=True)
 
     lfss = argparse.Namespace(batch=size["lfss_batch"], steps=size["lfss_steps"], width=size["lfss_width"])
-    measure(
-        f"lfss (width {size['lfss_width']:g})",
-        LFSS_SHAPE,
-        lfss.batch,
-        lambda: lfss.batch / statistics.median(lfss_bench.keras_side(lfss)),
-        lambda: lfss.batch / statistics.median(lfss_bench.torch_side(lfss)),
-    )
-    for shape in ((16, 16, 1), (28, 28, 1)):
+    if "lfss" in args.only:
+        measure(
+            f"lfss (width {size['lfss_width']:g})",
+            LFSS_SHAPE,
+            lfss.batch,
+            lambda: lfss.batch / statistics.median(lfss_bench.keras_side(lfss)),
+            lambda: lfss.batch / statistics.median(lfss_bench.torch_side(lfss)),
+        )
+    for shape in ((16, 16, 1), (28, 28, 1)) if "decs" in args.only else ():
         x = np.random.default_rng(0).random((size["batch"] * size["steps"], *shape), dtype=np.float32)
         for stage in ("pretrain", "clustering"):
             measure(
@@ -105,7 +108,7 @@ def step_rows(args, size: dict) -> list[dict]:
                 lambda stage=stage, x=x: decs_bench.torch_rate(stage, x, size["batch"], size["repeats"]),
             )
     x = np.random.default_rng(0).random((size["batch"] * size["steps"], 16, 16, 1), dtype=np.float32)
-    for method in ("dec", "idec", "dcn"):
+    for method in ("dec", "idec", "dcn") if "dec-family" in args.only else ():
         measure(
             method,
             x.shape[1:],
@@ -230,6 +233,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for a CPU (the test suite runs this)")
     parser.add_argument("--precision", choices=["32", "bf16"], default="32")
+    parser.add_argument("--only", nargs="+", choices=GROUPS, default=list(GROUPS), help="the rows to measure")
     parser.add_argument("--dist-steps", type=int, default=3, help="LFSS steps under torchrun")
     parser.add_argument("--skip-distributed", action="store_true")
     parser.add_argument("--json", help="also write the results here")
