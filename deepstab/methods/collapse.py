@@ -220,18 +220,20 @@ class CollapseGuard(keras.callbacks.Callback):
     def _restart(self, epoch: int) -> bool:
         """Start clustering over from the next-best start (see ``action``); ``False``, with the
         current weights kept, when every k-means partition is like one tried."""
-        current = self.model.get_weights()
-        self.model.set_weights(self._initial)
-        unlike = [self.model.predict_labels(self.x)]  # the first start's partition
+        model = self.model
+        current = model.get_weights(), model.size_target, model.start_choice
+        model.set_weights(self._initial)
+        unlike = [model.predict_labels(self.x)]  # the first start's partition
         for _ in range(len(self.restart_epochs) + 1):  # and those of the restarts before
-            start = self.model.next_start(self.x, unlike)
+            start = model.next_start(self.x, unlike)
             if start is None:
-                self.model.set_weights(current)
+                model.set_weights(current[0])
+                model.size_target, model.start_choice = current[1:]
                 return False
             unlike.append(start.labels)
-        zero_optimizer_moments(self.model.optimizer, self.model.trainable_variables)
+        zero_optimizer_moments(model.optimizer, model.trainable_variables)
         self.restart_epochs.append(epoch)
-        self._healthy, self._healthy_epoch = self.model.get_weights(), None
+        self._healthy, self._healthy_epoch = model.get_weights(), None
         warnings.warn(
             f"Clustering is collapsing at epoch {epoch + 1}: it starts over from the weights of its start and the "
             f"next-best k-means start, unlike those tried (+{start.excess:.1%} inertia over the lowest, smallest "
