@@ -18,7 +18,8 @@ Batch normalisation takes reduced-precision inputs with float32 statistics and a
 With float16, whose range is narrow, the loss is multiplied by a dynamic scale before the
 backward pass (Keras's ``LossScaleOptimizer``, which ``compile`` wraps around the optimizer of
 a ``mixed_float16`` model) and the gradients are divided by it before any clipping or weight
-decay.
+decay; a step whose gradients overflow is skipped and the scale halved, so the first few steps
+of a run (from a scale of 2^15) may not update the weights.
 """
 
 from __future__ import annotations
