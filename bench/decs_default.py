@@ -76,9 +76,15 @@ def table(rows: list[dict]) -> str:
         times = " / ".join(f"{w / 60:.0f} min" for w in walls) or "-"
         seeds = ",".join(str(r["seed"]) for r in runs)
         ari = np.mean([r["ari"] for r in runs])
+        threads = {r["threads"] for r in runs if r["wall"] is not None} or {runs[0]["threads"]}
+        if len(threads) == 1:
+            (one,) = threads
+            threads_text = f"{one} thread{'' if one == '1' else 's'}"
+        else:  # "all": OMP_NUM_THREADS unset, every core
+            threads_text = "threads " + " / ".join(r["threads"] for r in runs if r["wall"] is not None)
         lines.append(
             f"| {' '.join([dataset, *extra])} | {seeds} | {accs} | {cells[0]} | {cells[1]} | {ari:.3f} | {starts} | "
-            f"{collapses} | {times} ({runs[0]['threads']} thread{'' if runs[0]['threads'] == '1' else 's'}) |"
+            f"{collapses} | {times} ({threads_text}) |"
         )
     return "\n".join(lines)
 
