@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from test_reproducibility import run
+from test_reproducibility import assert_same_run, run
 
 import cli
 from deepstab.io import load_model
@@ -50,6 +50,14 @@ def test_every_method_trains_in_bf16_near_its_float32_run(tmp_path, name, method
     loss_32, loss_bf16 = np.array(exact.history["loss"]), np.array(reduced.history["loss"])
     assert np.all(np.isfinite(loss_bf16)) and not np.array_equal(loss_32, loss_bf16)  # it did round
     np.testing.assert_allclose(loss_bf16, loss_32, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("method", ["decs", "lfss"])
+def test_a_bf16_run_is_a_function_of_its_seed(tmp_path, method):
+    """Mixed precision changes the arithmetic, not the draws: labels and watchers still change nothing."""
+    plain = run(method, tmp_path / "plain", labelled=False, watched=False, precision="bf16")
+    watched = run(method, tmp_path / "watched", labelled=True, watched=True, precision="bf16")
+    assert_same_run(plain, watched)
 
 
 def test_fp16_scales_the_loss_and_trains_near_float32(tmp_path):
