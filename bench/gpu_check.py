@@ -47,7 +47,7 @@ import torch
 from device import accelerator, device_name
 
 import deepstab  # noqa: F401  (selects the torch backend)
-from deepstab.nn.precision import precision_scope
+from deepstab.precision import precision_scope
 
 LOSS_RTOL = 5e-3  # per-step loss, N processes against one: float sums in another order
 LFSS_SHAPE = (32, 32, 3)

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from deepstab.errors import DeepstabError
-from deepstab.nn.precision import EXACT, PRECISIONS, policy_scope
+from deepstab.precision import EXACT, PRECISIONS, policy_scope
 
 # What a failed write means and what to do about it, by errno: (the cause, the remedy).
 _FULL = "Free space on that disk, or write to a folder on another one, then run the command again"

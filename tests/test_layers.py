@@ -107,8 +107,8 @@ def test_graph_call_computes_what_keras_call_computes_in_mixed_precision(trainin
     ``__call__`` does, so the fast path gives the same tensors bit for bit; a float32 layer in
     the graph (the embedding's ``Standardize``, say) gets float32 inputs."""
     from deepstab.nn.layers import Standardize
-    from deepstab.nn.precision import precision_scope
     from deepstab.nn.steps import _plan, graph_call
+    from deepstab.precision import precision_scope
 
     x = np.random.default_rng(0).random((5, 6), dtype=np.float32)
     with precision_scope("bf16"):

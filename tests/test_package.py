@@ -40,6 +40,7 @@ LAYERS = [
     ("nn", "datasets"),
     ("checkpoint",),
     ("io", "metrics", "checks", "distributed", "allocator", "seeding"),
+    ("precision",),
     ("errors",),
 ]
 

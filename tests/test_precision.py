@@ -17,8 +17,8 @@ import cli
 from deepstab.io import load_model
 from deepstab.nn.layers import ClusteringLayer, TorchConv2D
 from deepstab.nn.optimizers import SGD
-from deepstab.nn.precision import PRECISIONS, precision_of, precision_scope
 from deepstab.nn.steps import apply_gradients
+from deepstab.precision import PRECISIONS, precision_of, precision_scope
 from deepstab.runs.decs import DECSRun
 
 RTOL, ATOL = 0.05, 0.03

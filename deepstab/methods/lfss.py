@@ -57,8 +57,8 @@ from deepstab.nn.kmeans import cosine_kmeans
 from deepstab.nn.layers import FusedBatchNormalization
 from deepstab.nn.networks import RESNETS, build_mlp, build_resnet
 from deepstab.nn.optimizers import SGD
-from deepstab.nn.precision import exact
 from deepstab.nn.steps import apply_gradients, graph_call, images_of
+from deepstab.precision import exact
 
 BASES = ("byol", "simclr", "moco")
 # The k-means seeds of the authors' evaluation (random.seed(42), ten draws).

@@ -26,7 +26,7 @@ from keras import ops
 from deepstab import checks
 from deepstab.errors import DeepstabError
 from deepstab.nn.constants import like
-from deepstab.nn.precision import EXACT
+from deepstab.precision import EXACT
 
 
 @keras.saving.register_keras_serializable(package="deepstab")

@@ -21,8 +21,8 @@ from deepstab import checks
 from deepstab.nn.augment import RandomAffine, RandomShiftRotation
 from deepstab.nn.layers import Resize
 from deepstab.nn.networks import DEFAULT_FILTERS, DENSE_HIDDEN, INITS, build_conv_autoencoder, build_dense_autoencoder
-from deepstab.nn.precision import exact
 from deepstab.nn.steps import apply_gradients, clip_by_global_norm, graph_call, images_of
+from deepstab.precision import exact
 
 
 class AugmentedAutoencoder(keras.Model):

@@ -14,7 +14,7 @@ from keras import ops
 
 from deepstab import checks, distributed
 from deepstab.nn.constants import like
-from deepstab.nn.precision import EXACT
+from deepstab.precision import EXACT
 
 
 @keras.saving.register_keras_serializable(package="deepstab")

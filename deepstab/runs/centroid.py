@@ -29,7 +29,7 @@ from deepstab.metrics import cluster_sizes, evaluate
 from deepstab.nn.autoencoders import AUGMENTATIONS, STANDARDISATIONS
 from deepstab.nn.networks import INITS
 from deepstab.nn.optimizers import Adam
-from deepstab.nn.precision import precision_scope
+from deepstab.precision import precision_scope
 from deepstab.runs.common import (
     CHECKPOINT_SECONDS,
     autoencoder_path,

@@ -20,7 +20,7 @@ from deepstab.checkpoint import Checkpoint
 from deepstab.errors import DeepstabError
 from deepstab.io import check_model_path, load_model, output_lock, save_model, writable_folder
 from deepstab.methods.base import CentroidClusterer
-from deepstab.nn.precision import DEFAULT_PRECISION
+from deepstab.precision import DEFAULT_PRECISION
 from deepstab.runs.progress import TimeEstimate
 
 

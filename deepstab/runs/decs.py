@@ -27,7 +27,7 @@ from deepstab.methods.decs import DECS, PRIOR_TARGETS, STARTS
 from deepstab.methods.losses import VARIANTS
 from deepstab.metrics import cluster_sizes, evaluate
 from deepstab.nn.optimizers import Adam
-from deepstab.nn.precision import precision_scope
+from deepstab.precision import precision_scope
 from deepstab.runs.common import (
     CHECKPOINT_SECONDS,
     autoencoder_path,

@@ -33,7 +33,7 @@ from deepstab.io import save_model, write_labels_csv
 from deepstab.methods.lfss import BASES, LFSSModel, lfss_optimizer
 from deepstab.metrics import cluster_sizes
 from deepstab.nn.networks import RESNETS
-from deepstab.nn.precision import precision_scope
+from deepstab.precision import precision_scope
 from deepstab.runs.common import checkpoint_folder, choose_n_clusters, format_metrics, guarded_output, k_plot_path
 from deepstab.runs.progress import TimeEstimate
 from deepstab.runs.report import report_after_run

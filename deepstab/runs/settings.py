@@ -34,7 +34,7 @@ import click
 
 from deepstab import checks, datasets
 from deepstab.errors import DeepstabError
-from deepstab.nn.precision import DEFAULT_PRECISION, PRECISIONS
+from deepstab.precision import DEFAULT_PRECISION, PRECISIONS
 
 # Options of which one would silently override the other: a run refuses them together. By field
 # name, for every run class that has both fields; a field counts as given when it differs from

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 import keras
 from keras import ops
 
-from deepstab import checks
+from deepstab.errors import DeepstabError
 
 # --precision's values and the Keras dtype policy each stands for.
 PRECISIONS = {"32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
@@ -40,7 +40,9 @@ EXACT = "float32"  # the dtype of the parts that stay exact whatever the policy
 
 def policy_name(precision: str) -> str:
     """The Keras dtype policy of a ``--precision`` value (``"32"``, ``"bf16"`` or ``"fp16"``)."""
-    return PRECISIONS[checks.choice("precision", str(precision), tuple(PRECISIONS))]
+    if str(precision) not in PRECISIONS:
+        raise DeepstabError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    return PRECISIONS[str(precision)]
 
 
 def precision_scope(precision: str) -> contextlib.AbstractContextManager[None]:
