@@ -1,6 +1,6 @@
 """The device check: every training step's speed against plain PyTorch on this machine's
-accelerator, and LFSS data-parallel under torchrun, in one run (about 3 minutes on one GPU,
-at most 8).
+accelerator, and LFSS data-parallel under torchrun, in one run (sized for a few minutes on one
+GPU, under the 8 the issue allows; not yet timed on one).
 
 Part 1, one table: for each training step, the Keras images/s (through ``fit``, as a user runs
 it), the plain-PyTorch images/s of the same computation on the same device in the same process
