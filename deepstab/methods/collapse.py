@@ -17,6 +17,7 @@ from deepstab.metrics import cluster_sizes
 COLLAPSE_ACTIONS = ("fallback", "split", "restart", "restore", "stop", "warn")
 MAX_SPLITS = 3  # "split" refills clusters at most this many times, then falls back
 MAX_RESTARTS = 2  # "restart" starts clustering over at most this many times, then falls back
+FALLING_BACK = ("fallback", "split", "restart")  # the actions that end in the fallback
 
 
 class CollapseGuard(keras.callbacks.Callback):
@@ -158,7 +159,7 @@ class CollapseGuard(keras.callbacks.Callback):
         restarting = self.action == "restart" and len(self.restart_epochs) < MAX_RESTARTS
         if restarting and self.fallback_epoch is None and self._restart(epoch):
             return
-        fallback = self.action in ("fallback", "split", "restart")
+        fallback = self.action in FALLING_BACK
         falling_back = fallback and self.fallback_epoch is None
         action = "fallback" if falling_back else "warn" if fallback else self.action
         if first or action != "warn":
@@ -248,7 +249,6 @@ class CollapseGuard(keras.callbacks.Callback):
         self._last_collapsed = False
 
     def on_train_end(self, logs=None):
-        fallback = ("fallback", "split", "restart")
-        if self.action in fallback and self._last_collapsed and self.fallback_epoch is not None:
+        if self.action in FALLING_BACK and self._last_collapsed and self.fallback_epoch is not None:
             self.model.set_weights(self._healthy)
             self.restored_epoch = self._healthy_epoch

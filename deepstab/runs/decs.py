@@ -411,10 +411,6 @@ def summary(run: DECSRun, result: DECSResult) -> str:
                 f"({refills} time{'s' if refills > 1 else ''}, at epoch{'s' if len(guard.split_epochs) > 1 else ''} "
                 f"{', '.join(str(e + 1) for e in guard.split_epochs)})"
             )
-            if guard.fallback_epoch is not None:
-                what += f"; as clusters kept shrinking, it then {fallback}"
-            else:
-                what += " and went on"
         if run.on_collapse == "restart":
             restarts = len(guard.restart_epochs)
             what = (
@@ -423,10 +419,9 @@ def summary(run: DECSRun, result: DECSResult) -> str:
                 if restarts
                 else "found no other k-means start"
             )
-            if guard.fallback_epoch is not None:
-                what += f"; as clusters kept shrinking, it then {fallback}"
-            else:
-                what += " and went on"
+        if run.on_collapse in ("split", "restart"):
+            then = f"; as clusters kept shrinking, it then {fallback}" if guard.fallback_epoch is not None else ""
+            what += then or " and went on"
         lines.append(
             f"NOTE: the clustering began to collapse at epoch {result.collapsed_epoch + 1} (a cluster emptied or fell "
             f"below {run.collapse_share:.0%} of an even share); training {what}. --on-collapse chooses what happens "
