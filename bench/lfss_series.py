@@ -36,8 +36,10 @@ What each run records:
 - a curve point every ``--record-every`` epochs (20) and at the last one, appended (flushed) to
   ``--curve`` as soon as it is measured, keyed by (variant, seed, width, epochs, eta, limit,
   epoch): k-means ACC/NMI/ARI on the target embeddings (mean of ``--kmeans-runs`` runs, 3),
-  k-NN accuracy, mean stability, whether L_C is on from there (``cluster_active``: from the
-  end of epoch η for ``lfss``), and the training seconds so far. A point already in the file
+  k-NN accuracy, mean stability and its 10/50/90% quantiles, whether L_C is on from there
+  (``cluster_active``: from the end of epoch η for ``lfss``), the epoch's mean losses as the
+  run logs them (``loss``, ``l_s``, ``l_i``, ``l_c``, and ``mean_stability`` once L_C is on:
+  what a verdict needs to say which term does what), and the training seconds so far. A point already in the file
   is neither measured nor written again. The checkpoint of an epoch is written before its
   point is measured, so a run killed in between resumes after that epoch: it then measures the
   missing point at its start, without the stability (its predecessor has already become the
@@ -121,6 +123,8 @@ VARIANTS: dict[str, dict[str, bool | float]] = {
 }
 NAMES = {"byol": "BYOL", "ls": "L_S alone", "lfss": "LFSS"}
 KNN_K = 20
+QUANTILES = (0.1, 0.5, 0.9)  # of the per-sample stability in a curve point
+LOGGED = ("loss", "l_s", "l_i", "l_c", "mean_stability")  # epoch means a curve point keeps
 RAW_KMEANS_ACC = 0.205  # k-means on the raw pixels of cifar10-jpg, mean of 3 runs (see the docstring)
 PLOT = Path("docs/lfss_series_acc.png")
 
@@ -178,13 +182,14 @@ def observe(model: LFSSModel, x: np.ndarray, y: np.ndarray, previous: np.ndarray
     predecessor's embeddings, gives the stability (``None`` without them)."""
     z = model.embed(x)
     metrics = model.evaluate_clustering(x, y, runs=runs, embeddings=z)
-    stability = float(np.mean(cosine_stability(z, previous))) if previous is not None else None
+    stability = cosine_stability(z, previous) if previous is not None else None
     return {
         "acc": metrics["acc"],
         "nmi": metrics["nmi"],
         "ari": metrics["ari"],
         "knn": knn_accuracy(z, y),
-        "stability": stability,
+        "stability": None if stability is None else float(np.mean(stability)),
+        "stability_quantiles": None if stability is None else [float(q) for q in np.quantile(stability, QUANTILES)],
         "cluster_active": model.cluster_active,
     }
 
@@ -233,12 +238,15 @@ class SeriesObserver(keras.callbacks.Callback):
         self.timing["epoch_seconds"][str(epoch + 1)] = time.perf_counter() - self._started
         self.save_timing()
         if self._previous is not None:
-            self.record(self.model, epoch + 1, self._previous)
+            self.record(self.model, epoch + 1, self._previous, logs)
 
-    def record(self, model: LFSSModel, epoch: int, previous: np.ndarray | None) -> None:
-        """Measure and append the curve point of ``epoch``."""
+    def record(self, model: LFSSModel, epoch: int, previous: np.ndarray | None, logs: dict | None = None) -> None:
+        """Measure and append the curve point of ``epoch``, with the epoch's mean losses where
+        its logs are at hand (not for a point measured after a resume)."""
         start = time.perf_counter()
         point = {**self.key, "epoch": epoch, **observe(model, self.x, self.y, previous, self.runs)}
+        if logs:
+            point["losses"] = {name: float(logs[name]) for name in LOGGED if name in logs}
         point |= {"training_seconds": self.training_seconds(epoch), "kmeans_runs": self.runs}
         append_result(self.curve, point)
         self.points.append(point)
