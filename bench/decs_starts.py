@@ -24,7 +24,8 @@ of the lowest that have no cluster under two thirds of an even share, else the l
 ``silhouette``, ``agreement``.
 
 Resumable: a row per dataset and seed in ``--results`` (JSON lines); a seed already there is
-skipped.
+skipped. ``--criteria-only`` prints the candidates' table of each seed (criteria, start ACC,
+which rules pick which) and stops there: no DECS run, nothing recorded.
 
     DEEPSTAB_DATA=../shared/data OMP_NUM_THREADS=1 python bench/decs_starts.py --dataset digits --seeds 0 1 2
     python bench/decs_starts.py --table-only
@@ -125,11 +126,24 @@ def measure(a) -> dict:
         c["inertia"] /= best
     picks = rules(candidates)
     weights = model.autoencoder.get_weights()
-    chosen = range(len(candidates)) if a.all else sorted(set(picks.values()))
+    chosen = [] if a.criteria_only else range(len(candidates)) if a.all else sorted(set(picks.values()))
     for i in chosen:
         print(f"{a.dataset} seed {a.seed}: DECS from candidate {i}", flush=True)
         candidates[i]["final"] = cluster_from(a, x, y, weights, centres[i], settings)
     return {"dataset": a.dataset, "seed": a.seed, "candidates": candidates, "picks": picks}
+
+
+def candidates_table(row: dict) -> str:
+    """A seed's candidates by inertia, with their criteria, start ACC and the rules that pick them."""
+    names = ["inertia", "min_share", "entropy", "silhouette", "agreement", "start_acc"]
+    lines = [f"{row['dataset']} seed {row['seed']}:", "", "| candidate | " + " | ".join(names) + " | picked by |"]
+    lines.append("|---|" + "---|" * (len(names) + 1))
+    order = sorted(range(len(row["candidates"])), key=lambda i: row["candidates"][i]["inertia"])
+    for i in order:
+        c = row["candidates"][i]
+        by = ", ".join(rule for rule, pick in row["picks"].items() if pick == i) or "-"
+        lines.append(f"| {i} | " + " | ".join(f"{c[n]:.4f}" for n in names) + f" | {by} |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -171,18 +185,25 @@ def main() -> None:
     parser.add_argument("--models-dir", default="models/decs-default")
     parser.add_argument("--results", default="docs/data/decs_starts.jsonl")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument(
+        "--criteria-only", action="store_true", help="print the candidates' criteria; run no DECS, record nothing"
+    )
     a = parser.parse_args()
     rows = series(a.results, table, a.table_only)
     if rows is None:
         return
     for seed in a.seeds:
+        a.seed = seed
+        if a.criteria_only:
+            print(candidates_table(measure(a)), end="\n\n")
+            continue
         if recorded(rows, dataset=a.dataset, seed=seed):
             continue
-        a.seed = seed
         row = measure(a)
         append_result(Path(a.results), row)
         rows.append(row)
-    print(table(rows))
+    if not a.criteria_only:
+        print(table(rows))
 
 
 if __name__ == "__main__":
