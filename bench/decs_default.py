@@ -69,11 +69,10 @@ def table(rows: list[dict]) -> str:
         runs = [r for r in rows if (r["dataset"], tuple(r["extra"])) == (dataset, extra)]
         runs.sort(key=lambda r: r["seed"])
         cells = [f"{np.mean([r[m] for r in runs]):.3f} ± {np.std([r[m] for r in runs]):.3f}" for m in ("acc", "nmi")]
-        walls = [r["wall"] for r in runs if r["wall"] is not None]
         accs = " / ".join(f"{r['acc']:.4f}" for r in runs)
         starts = " / ".join(f"{r['kmeans_acc']:.3f}" for r in runs)
         collapses = " / ".join("-" if r["collapse_epoch"] is None else str(r["collapse_epoch"]) for r in runs)
-        times = " / ".join(f"{w / 60:.0f} min" for w in walls) or "-"
+        times = " / ".join("resumed" if r["wall"] is None else f"{r['wall'] / 60:.0f} min" for r in runs)
         seeds = ",".join(str(r["seed"]) for r in runs)
         ari = np.mean([r["ari"] for r in runs])
         threads = {r["threads"] for r in runs if r["wall"] is not None} or {runs[0]["threads"]}
