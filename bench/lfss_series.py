@@ -77,7 +77,13 @@ with the run it was in. Start (or resume) the series in the background, from the
 
     DEEPSTAB_DATA=../shared/data OMP_NUM_THREADS=1 nohup python bench/lfss_series.py > lfss_series.log 2>&1 &
 
-and print the table, the runs done and in progress, and write ``docs/lfss_series_acc.png``:
+Two processes, one thread each, can share the series when each is given its own runs
+(``--variants``, ``--seeds``), e.g. ``--variants lfss --seeds 0`` beside the command above,
+which then skips that run once it is recorded. A run started by two processes at once stops in
+the second with the run's own output-lock error. Resume a run at the thread count it started
+with: seeds do not carry across thread counts.
+
+Print the table, the runs done and in progress, and write ``docs/lfss_series_acc.png``:
 
     python bench/lfss_series.py --table-only
 
