@@ -44,6 +44,10 @@ What each run records:
   point is measured, so a run killed in between resumes after that epoch: it then measures the
   missing point at its start, without the stability (its predecessor has already become the
   target);
+- with each curve point, a copy of the run's checkpoint of that epoch (weights, optimizer,
+  generators, pseudo-labels) in ``<models-dir>/snapshots/<run>/e<epoch>``: a later analysis
+  (the losses' gradients, say) or a branch run (another η or δ from epoch 40) starts from
+  there without touching the series;
 - when the run finishes, a row in ``--results``: the final model's ACC/NMI/ARI as the user sees
   them (``run_lfss``'s evaluation, mean of 10 k-means runs), the last curve point's k-NN
   accuracy and stability, the training seconds (and the number of epochs timed), the number of
@@ -98,6 +102,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -204,10 +209,21 @@ class SeriesObserver(keras.callbacks.Callback):
     """Times the training epochs (into the run's sidecar) and records curve points; changes nothing."""
 
     def __init__(
-        self, x: np.ndarray, y: np.ndarray, key: dict, curve: Path, timing: Path, every: int, runs: int, restored: int
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        key: dict,
+        curve: Path,
+        timing: Path,
+        every: int,
+        runs: int,
+        restored: int,
+        checkpoint: Path,
+        snapshots: Path,
     ):
         super().__init__()
         self.x, self.y, self.key, self.curve, self.timing_file = x, y, key, curve, timing
+        self.checkpoint, self.snapshots = checkpoint, snapshots
         self.every, self.runs, self.restored = every, runs, restored
         self.points = matching(read_results(curve), **key)
         self.timing = json.loads(timing.read_text()) if timing.exists() else {"epoch_seconds": {}, "attempts": 0}
@@ -222,6 +238,23 @@ class SeriesObserver(keras.callbacks.Callback):
         """Whether ``epoch`` (finished epochs) is due a curve point that the curve file lacks."""
         due = epoch % self.every == 0 or epoch == self.params["epochs"]
         return epoch > 0 and due and not recorded(self.points, **self.key, epoch=epoch)
+
+    def snapshot(self, epoch: int) -> None:
+        """Copy the run's checkpoint of ``epoch`` (weights, optimizer, generators, pseudo-labels)
+        to ``<snapshots>/e<epoch>``: a whole checkpoint folder, from which an analysis or a
+        branch run can start at that epoch. Copied under a temporary name and renamed, so a
+        snapshot folder is complete or absent; none when the checkpoint holds another epoch."""
+        target = self.snapshots / f"e{epoch:03d}"
+        metadata = self.checkpoint / METADATA
+        if target.exists() or not metadata.exists() or json.loads(metadata.read_text())["epoch"] != epoch:
+            return
+        files = json.loads(metadata.read_text())
+        partial = self.snapshots / f".e{epoch:03d}.part"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for name in (files["weights"], files["state"], METADATA):
+            shutil.copy2(self.checkpoint / name, partial / name)
+        partial.rename(target)
 
     def save_timing(self) -> None:
         with atomic_path(self.timing_file) as partial:
@@ -256,6 +289,7 @@ class SeriesObserver(keras.callbacks.Callback):
         point |= {"training_seconds": self.training_seconds(epoch), "kmeans_runs": self.runs}
         append_result(self.curve, point)
         self.points.append(point)
+        self.snapshot(epoch)
         print(f"curve point {json.dumps(point)} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
@@ -265,7 +299,10 @@ def train(args: argparse.Namespace, variant: str, seed: int, x: np.ndarray, y: n
     path = model_path(args, variant, seed)
     restored = checkpoint_epoch(path) or 0
     curve, every, runs = Path(args.curve), args.record_every, args.kmeans_runs
-    observer = SeriesObserver(x, y, key, curve, timing_path(path), every, runs, restored)
+    snapshots = path.parent / "snapshots" / path.stem
+    observer = SeriesObserver(
+        x, y, key, curve, timing_path(path), every, runs, restored, checkpoint_folder(path), snapshots
+    )
     run = LFSSRun(
         dataset=DATASET,
         preset=PRESET,
