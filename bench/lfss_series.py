@@ -155,6 +155,16 @@ def matching(rows: list[dict], **fields) -> list[dict]:
     return [r for r in rows if recorded([r], **fields)]
 
 
+def series_data(limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The series' images and labels: all of :data:`DATASET`, or ``limit`` images evenly spaced
+    over it (the images are ordered by class)."""
+    x, y = datasets.load(DATASET, stream=True)
+    if limit:
+        index = np.linspace(0, len(x) - 1, limit).round().astype(np.int64)
+        x, y = x[index], y[index]
+    return x, y
+
+
 def model_path(args: argparse.Namespace, variant: str, seed: int) -> Path:
     size = f"-n{args.limit}" if args.limit else ""
     return Path(args.models_dir) / f"lfss-{variant}-w{args.width:g}-e{args.epochs}-eta{args.eta}{size}-s{seed}.keras"
@@ -443,10 +453,7 @@ def main() -> None:
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     if not args.table_only:
-        x, y = datasets.load(DATASET, stream=True)
-        if args.limit:  # evenly spaced: the images are ordered by class
-            index = np.linspace(0, len(x) - 1, args.limit).round().astype(np.int64)
-            x, y = x[index], y[index]
+        x, y = series_data(args.limit)
         for seed in args.seeds:  # seed-major, so a partial series compares the variants on the same seed
             for variant in args.variants:
                 if recorded(read_results(args.results), **series_key(args, variant, seed)):

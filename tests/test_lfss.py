@@ -210,6 +210,29 @@ def test_gradients_reach_only_online_and_predictor(images):
     assert not all(np.allclose(a, b) for a, b in zip(predictor, weights(model.predictor)))
 
 
+def test_loss_terms_are_what_the_step_trains_on(images):
+    """``loss_terms`` (what bench/lfss_terms.py measures) gives the terms a step of the same
+    model, in the same state, logs; each stability term reaches the online network."""
+    import torch
+
+    model, twin = (LFSSModel((16, 16, 3), 2, seed=3, **TINY) for _ in range(2))
+    for m in (model, twin):
+        m.compile()
+    twin.set_weights(model.get_weights())
+    for m in (model, twin):
+        m.refresh_pseudo_labels(images)  # L_C on
+    index = np.arange(16)
+    l_s, l_i, l_c = twin.loss_terms(keras.ops.convert_to_tensor(images[:16]), torch.as_tensor(index))
+    model.train_step((keras.ops.convert_to_tensor(images[:16]), index))
+    logged = {name: float(np_(tracker.result())) for name, tracker in model.loss_trackers.items()}
+    assert [float(np_(t)) for t in (l_s, l_i, l_c)] == pytest.approx([logged["l_s"], logged["l_i"], logged["l_c"]])
+    assert logged["l_i"] > 0 and logged["l_c"] > 0
+    kernel = twin.online.trainable_weights[0].value
+    for term in (l_i, l_c):
+        (grad,) = torch.autograd.grad(term, [kernel], retain_graph=True)
+        assert float(grad.norm()) > 0
+
+
 def test_ema_update_matches_its_formula(images):
     model = LFSSModel((16, 16, 3), 2, momentum=0.9, **TINY)
     model.compile()

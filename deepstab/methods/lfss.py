@@ -391,11 +391,23 @@ class LFSSModel(keras.Model):
         return self.online.trainable_weights + (self.predictor.trainable_weights if self.predictor else [])
 
     def train_step(self, data):
-        """One LFSS iteration (Algorithm 1): Eq. 10 on two views, then the EMA update. Every
-        network runs in training mode on one view at a time (batch statistics per view), as in
-        the authors' code."""
+        """One LFSS iteration (Algorithm 1): Eq. 10 on two views, then the EMA update."""
         images = ops.convert_to_tensor(images_of(data))
         index = torch.as_tensor(data[1], device=images.device)  # of the global batch (IndexedImages)
+        l_s, l_i, l_c = self.loss_terms(images, index)
+        loss = l_s + self.lam * (l_i + l_c)  # Eq. 10
+        apply_gradients(self, loss, self.trainable_variables_of_step(), self._grad_transform)
+        self.update_target()
+        for name, value in (("loss", loss), ("l_s", l_s), ("l_i", l_i), ("l_c", l_c)):
+            self.loss_trackers[name].update_state(value)
+        return self.get_metrics_result()
+
+    def loss_terms(self, images, index) -> tuple:
+        """L_S (Eq. 9), L_I (Eq. 4) and L_C (Eq. 8) of one batch, on two views drawn from the
+        augmentation's generator, with the graph to the online network and the predictor (the
+        terms the step weights as Eq. 10); a term that is off is zero. ``index``: the rows of
+        the batch in the data set (L_C's pseudo-labels). Every network runs in training mode on
+        one view at a time (batch statistics per view), as in the authors' code."""
         sizes = distributed.shard_sizes(int(index.shape[0]))  # rows of each rank: [n] alone
         share = images.shape[0] * len(sizes) / sum(sizes)  # this rank's weight in a mean over all rows
 
@@ -421,12 +433,7 @@ class LFSSModel(keras.Model):
                 t1, t2 = gather(t1), gather(t2)
                 l_c = cluster_loss(z1, t2, labels, keep, self.n_clusters, self.tau)
                 l_c = (l_c + cluster_loss(z2, t1, labels, keep, self.n_clusters, self.tau)) / 2
-        loss = l_s + self.lam * (l_i + l_c)  # Eq. 10
-        apply_gradients(self, loss, self.trainable_variables_of_step(), self._grad_transform)
-        self.update_target()
-        for name, value in (("loss", loss), ("l_s", l_s), ("l_i", l_i), ("l_c", l_c)):
-            self.loss_trackers[name].update_state(value)
-        return self.get_metrics_result()
+        return l_s, l_i, l_c
 
     # ----------------------------------------------------- embed and cluster
 
