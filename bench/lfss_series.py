@@ -256,9 +256,9 @@ class SeriesObserver(keras.callbacks.Callback):
         snapshot folder is complete or absent; none when the checkpoint holds another epoch."""
         target = self.snapshots / f"e{epoch:03d}"
         metadata = self.checkpoint / METADATA
-        if target.exists() or not metadata.exists() or json.loads(metadata.read_text())["epoch"] != epoch:
+        files = json.loads(metadata.read_text()) if metadata.exists() else {}
+        if target.exists() or files.get("epoch") != epoch:
             return
-        files = json.loads(metadata.read_text())
         partial = self.snapshots / f".e{epoch:03d}.part"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
