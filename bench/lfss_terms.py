@@ -13,7 +13,11 @@ two views from the run's own augmentation generator, every network in training m
 - the gradient of L_S and of λ·L_I and λ·L_C (as Eq. 10 weights them) with respect to the
   online network's weights (the predictor, which only L_S reaches, is left out), before
   weight decay: their norms, and the cosine of each stability term's gradient with L_S's and
-  of their sum with L_S's (negative: the stability terms pull against the self-distillation).
+  of their sum with L_S's (negative: the stability terms pull against the self-distillation);
+- where the snapshot holds pseudo-labels (``lfss`` after η), what δ's cut does, with the labels
+  (observation only): the pseudo-labels' accuracy over all the images, and over those L_C keeps
+  and those it drops (the δ least stable), each under the Hungarian mapping of all the images
+  (the paper's Observation 1: the least stable samples are the wrongly clustered ones).
 
 The snapshot is only read: the model is a copy, and nothing is written but the results file.
 Rows are keyed by (run, epoch, batches, batch size, seed); those already there are skipped.
@@ -37,6 +41,7 @@ import torch
 from lfss_series import series_data
 from results import append_result, read_results, recorded
 
+from deepstab.analysis.measures import correct_under_mapping
 from deepstab.checkpoint import METADATA, Checkpoint
 from deepstab.datasets.store import to_unit_float
 from deepstab.methods.lfss import lfss_optimizer
@@ -88,7 +93,22 @@ def measure(snapshot: Path, x: np.ndarray, y: np.ndarray, batches: int, batch_si
         }
         for name, value in values.items():
             sums.setdefault(name, []).append(value)
-    return {k: None if None in v else float(np.mean(v)) for k, v in sums.items()}
+    terms = {k: None if None in v else float(np.mean(v)) for k, v in sums.items()}
+    return terms | pseudo_label_accuracy(model, y)
+
+
+def pseudo_label_accuracy(model, y: np.ndarray) -> dict[str, float | None]:
+    """The accuracy of the model's pseudo-labels over all the images, the kept and the dropped
+    ones (``None`` without pseudo-labels)."""
+    if not model.cluster_active:
+        return {"pl_acc": None, "pl_acc_kept": None, "pl_acc_dropped": None}
+    keep = model.keep.cpu().numpy()
+    correct = correct_under_mapping(y, model.pseudo_labels.cpu().numpy())
+    return {
+        "pl_acc": float(correct.mean()),
+        "pl_acc_kept": float(correct[keep].mean()),
+        "pl_acc_dropped": float(correct[~keep].mean()),
+    }
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -98,15 +118,16 @@ def fmt(value: float | None, digits: int = 3) -> str:
 def table(rows: list[dict]) -> str:
     lines = [
         "| run | epoch | L_S | L_I | L_C | L_C keeps | ‖∇L_S‖ | ‖∇λL_I‖ | ‖∇λL_C‖ | cos(∇L_S, ∇λL_I) "
-        "| cos(∇L_S, ∇λL_C) | cos(∇L_S, ∇λ(L_I+L_C)) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| cos(∇L_S, ∇λL_C) | cos(∇L_S, ∇λ(L_I+L_C)) | pseudo-label ACC: all / kept / dropped |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["run"], r["epoch"])):
         cells = [r["l_s"], r["l_i"], r["l_c"], r["kept"], r["grad_s"], r["grad_i"], r["grad_c"]]
         cosines = [r["cos_s_i"], r["cos_s_c"], r["cos_s_stability"]]
+        accuracy = [r.get(k) for k in ("pl_acc", "pl_acc_kept", "pl_acc_dropped")]
         lines.append(
             f"| {r['run']} | {r['epoch']} | {' | '.join(fmt(c) for c in cells)} | "
-            f"{' | '.join(fmt(c, 2) for c in cosines)} |"
+            f"{' | '.join(fmt(c, 2) for c in cosines)} | {' / '.join(fmt(a) for a in accuracy)} |"
         )
     return "\n".join(lines)
 
