@@ -17,7 +17,10 @@ two views from the run's own augmentation generator, every network in training m
 - where the snapshot holds pseudo-labels (``lfss`` after η), what δ's cut does, with the labels
   (observation only): the pseudo-labels' accuracy over all the images, and over those L_C keeps
   and those it drops (the δ least stable), each under the Hungarian mapping of all the images
-  (the paper's Observation 1: the least stable samples are the wrongly clustered ones).
+  (the paper's Observation 1: the least stable samples are the wrongly clustered ones); and the
+  same for the rule of the authors' code, which compares the target with an exact copy of
+  itself (``cos`` of two normalised copies of each embedding, float32 on this CPU; the share
+  below the δ-quantile, by rounding alone, is what it drops).
 
 The snapshot is only read: the model is a copy, and nothing is written but the results file.
 Rows are keyed by (run, epoch, batches, batch size, seed); those already there are skipped.
@@ -94,21 +97,41 @@ def measure(snapshot: Path, x: np.ndarray, y: np.ndarray, batches: int, batch_si
         for name, value in values.items():
             sums.setdefault(name, []).append(value)
     terms = {k: None if None in v else float(np.mean(v)) for k, v in sums.items()}
-    return terms | pseudo_label_accuracy(model, y)
+    return terms | pseudo_label_accuracy(model, x, y)
 
 
-def pseudo_label_accuracy(model, y: np.ndarray) -> dict[str, float | None]:
-    """The accuracy of the model's pseudo-labels over all the images, the kept and the dropped
-    ones (``None`` without pseudo-labels)."""
+def authors_keep(z: np.ndarray, delta: float) -> np.ndarray:
+    """The keep mask of the authors' ``get_pseudo_labels``: the stability of each embedding
+    with an exact copy of itself, the samples strictly below its ``int(δN)``-th smallest value
+    dropped."""
+    import torch.nn.functional as F
+
+    if int(delta * len(z)) == 0:
+        return np.ones(len(z), bool)
+    z = torch.as_tensor(z, dtype=torch.float32)
+    s = F.cosine_similarity(F.normalize(z, dim=-1), F.normalize(z.clone(), dim=-1), dim=1)
+    threshold, _ = torch.kthvalue(s, int(delta * len(s)))
+    return (s >= threshold).numpy()
+
+
+def pseudo_label_accuracy(model, x: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
+    """The accuracy of the model's pseudo-labels over all the images, and over those kept and
+    dropped by the run's rule and by the authors' (``None`` without pseudo-labels)."""
+    names = ("pl_acc", "pl_acc_kept", "pl_acc_dropped", "authors_dropped", "authors_acc_kept", "authors_acc_dropped")
     if not model.cluster_active:
-        return {"pl_acc": None, "pl_acc_kept": None, "pl_acc_dropped": None}
+        return dict.fromkeys(names)
     keep = model.keep.cpu().numpy()
     correct = correct_under_mapping(y, model.pseudo_labels.cpu().numpy())
-    return {
-        "pl_acc": float(correct.mean()),
-        "pl_acc_kept": float(correct[keep].mean()),
-        "pl_acc_dropped": float(correct[~keep].mean()),
-    }
+    authors = authors_keep(model.embed(x), model.delta)
+    values = (
+        correct.mean(),
+        correct[keep].mean(),
+        correct[~keep].mean(),
+        1 - authors.mean(),
+        correct[authors].mean(),
+        correct[~authors].mean() if (~authors).any() else None,
+    )
+    return {name: None if v is None else float(v) for name, v in zip(names, values)}
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -118,16 +141,19 @@ def fmt(value: float | None, digits: int = 3) -> str:
 def table(rows: list[dict]) -> str:
     lines = [
         "| run | epoch | L_S | L_I | L_C | L_C keeps | ‖∇L_S‖ | ‖∇λL_I‖ | ‖∇λL_C‖ | cos(∇L_S, ∇λL_I) "
-        "| cos(∇L_S, ∇λL_C) | cos(∇L_S, ∇λ(L_I+L_C)) | pseudo-label ACC: all / kept / dropped |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| cos(∇L_S, ∇λL_C) | cos(∇L_S, ∇λ(L_I+L_C)) | pseudo-label ACC: all / kept / dropped "
+        "| authors' rule: share dropped, ACC kept / dropped |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (r["run"], r["epoch"])):
         cells = [r["l_s"], r["l_i"], r["l_c"], r["kept"], r["grad_s"], r["grad_i"], r["grad_c"]]
         cosines = [r["cos_s_i"], r["cos_s_c"], r["cos_s_stability"]]
         accuracy = [r.get(k) for k in ("pl_acc", "pl_acc_kept", "pl_acc_dropped")]
+        authors = [r.get(k) for k in ("authors_acc_kept", "authors_acc_dropped")]
         lines.append(
             f"| {r['run']} | {r['epoch']} | {' | '.join(fmt(c) for c in cells)} | "
-            f"{' | '.join(fmt(c, 2) for c in cosines)} | {' / '.join(fmt(a) for a in accuracy)} |"
+            f"{' | '.join(fmt(c, 2) for c in cosines)} | {' / '.join(fmt(a) for a in accuracy)} "
+            f"| {fmt(r.get('authors_dropped'))}, {' / '.join(fmt(a) for a in authors)} |"
         )
     return "\n".join(lines)
 
