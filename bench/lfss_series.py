@@ -390,36 +390,41 @@ def progress(args: argparse.Namespace, rows: list[dict], points: list[dict]) -> 
 
 
 def plot(args: argparse.Namespace, points: list[dict], path: Path) -> None:
-    """ACC against epoch: per variant the mean over the seeds (thick) and each seed (thin)."""
+    """k-means ACC (left) and k-NN accuracy (right) against epoch: per variant the mean over
+    the seeds (thick) and each seed (thin)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for colour, variant in zip(("tab:blue", "tab:orange", "tab:green"), VARIANTS):
-        mine = [p for p in points if p["variant"] == variant]
-        if not mine:
-            continue
-        for seed in sorted({p["seed"] for p in mine}):
-            curve = sorted((p["epoch"], p["acc"]) for p in mine if p["seed"] == seed)
-            ax.plot(*zip(*curve), color=colour, linewidth=0.8, alpha=0.45)
-        epochs = sorted({p["epoch"] for p in mine})
-        means = [np.mean([p["acc"] for p in mine if p["epoch"] == e]) for e in epochs]
-        ax.plot(epochs, means, color=colour, linewidth=2.2, marker="o", markersize=3, label=NAMES[variant])
-    if not args.limit:
-        ax.axhline(RAW_KMEANS_ACC, color="grey", linestyle="--", linewidth=1, label="k-means on raw pixels")
-    ax.axvline(args.eta, color="grey", linestyle=":", linewidth=1, label=f"η = {args.eta}: LFSS's L_C on after it")
-    ax.set_xlim(0, args.epochs)
-    images = f"{args.limit} images" if args.limit else "10,000 images"
-    ax.set(
-        xlabel="epoch",
-        ylabel=f"k-means ACC on the target embeddings ({args.kmeans_runs} runs)",
-        title=f"{DATASET} ({images}), ResNet-18 x{args.width:g}, {args.epochs} epochs: mean over seeds, seeds thin",
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    measures = (
+        ("acc", f"k-means ACC on the target embeddings ({args.kmeans_runs} runs)"),
+        ("knn", "k-NN accuracy (k = 20)"),
     )
-    ax.title.set_fontsize(9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    for ax, (measure, label) in zip(axes, measures):
+        for colour, variant in zip(("tab:blue", "tab:orange", "tab:green"), VARIANTS):
+            mine = [p for p in points if p["variant"] == variant]
+            if not mine:
+                continue
+            for seed in sorted({p["seed"] for p in mine}):
+                curve = sorted((p["epoch"], p[measure]) for p in mine if p["seed"] == seed)
+                ax.plot(*zip(*curve), color=colour, linewidth=0.8, alpha=0.45)
+            epochs = sorted({p["epoch"] for p in mine})
+            means = [np.mean([p[measure] for p in mine if p["epoch"] == e]) for e in epochs]
+            ax.plot(epochs, means, color=colour, linewidth=2.2, marker="o", markersize=3, label=NAMES[variant])
+        if measure == "acc" and not args.limit:
+            ax.axhline(RAW_KMEANS_ACC, color="grey", linestyle="--", linewidth=1, label="k-means on raw pixels")
+        ax.axvline(args.eta, color="grey", linestyle=":", linewidth=1, label=f"η = {args.eta}: LFSS's L_C on after it")
+        ax.set_xlim(0, args.epochs)
+        ax.set(xlabel="epoch", ylabel=label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    images = f"{args.limit} images" if args.limit else "10,000 images"
+    fig.suptitle(
+        f"{DATASET} ({images}), ResNet-18 x{args.width:g}, {args.epochs} epochs: mean over seeds, seeds thin",
+        fontsize=10,
+    )
     fig.tight_layout()
     with atomic_path(path) as partial:
         fig.savefig(partial, dpi=120)
