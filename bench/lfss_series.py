@@ -36,7 +36,9 @@ What each run records:
 - a curve point every ``--record-every`` epochs (20) and at the last one, appended (flushed) to
   ``--curve`` as soon as it is measured, keyed by (variant, seed, width, epochs, eta, limit,
   epoch): k-means ACC/NMI/ARI on the target embeddings (mean of ``--kmeans-runs`` runs, 3),
-  k-NN accuracy, mean stability and its 10/50/90% quantiles, whether L_C is on from there
+  k-NN accuracy, mean stability and its 10/50/90% quantiles, the accuracy of one k-means run's
+  labels in each stability decile (``acc_by_stability_decile``, least stable first: the LFSS
+  paper's Observation 1; in points measured since it was added), whether L_C is on from there
   (``cluster_active``: from the end of epoch η for ``lfss``), the epoch's mean losses as the
   run logs them (``loss``, ``l_s``, ``l_i``, ``l_c``, and ``mean_stability`` once L_C is on:
   what a verdict needs to say which term does what), and the training seconds so far. A point already in the file
@@ -114,10 +116,10 @@ import torch
 from results import append_result, read_results, recorded
 
 from deepstab import datasets
-from deepstab.analysis.measures import cosine_stability
+from deepstab.analysis.measures import accuracy_by_stability, cosine_stability
 from deepstab.checkpoint import METADATA
 from deepstab.io import atomic_path
-from deepstab.methods.lfss import LFSSModel
+from deepstab.methods.lfss import EVALUATION_SEEDS, LFSSModel
 from deepstab.runs.common import checkpoint_folder
 from deepstab.runs.lfss import LFSSRun, run_lfss
 
@@ -204,6 +206,10 @@ def observe(model: LFSSModel, x: np.ndarray, y: np.ndarray, previous: np.ndarray
     z = model.embed(x)
     metrics = model.evaluate_clustering(x, y, runs=runs, embeddings=z)
     stability = cosine_stability(z, previous) if previous is not None else None
+    by_decile = None
+    if stability is not None:  # Observation 1: are the stable samples the well clustered ones?
+        labels = model.predict_labels(None, seed=EVALUATION_SEEDS[0], embeddings=z)
+        by_decile = [b["accuracy"] for b in accuracy_by_stability(stability, labels, y)["bins"]]
     return {
         "acc": metrics["acc"],
         "nmi": metrics["nmi"],
@@ -211,6 +217,7 @@ def observe(model: LFSSModel, x: np.ndarray, y: np.ndarray, previous: np.ndarray
         "knn": knn_accuracy(z, y),
         "stability": None if stability is None else float(np.mean(stability)),
         "stability_quantiles": None if stability is None else [float(q) for q in np.quantile(stability, QUANTILES)],
+        "acc_by_stability_decile": by_decile,
         "cluster_active": model.cluster_active,
     }
 
