@@ -396,6 +396,25 @@ def progress(args: argparse.Namespace, rows: list[dict], points: list[dict]) -> 
     return lines
 
 
+def curve_table(points: list[dict]) -> str:
+    """Per curve epoch and variant, k-means ACC, k-NN accuracy and mean stability, each seed's
+    value (seed order) separated by slashes."""
+    variants = [v for v in VARIANTS if any(p["variant"] == v for p in points)]
+    header = " | ".join(f"{NAMES[v]} {m}" for v in variants for m in ("ACC", "k-NN", "stability"))
+    lines = [f"| epoch | {header} |", "|---|" + "---|" * 3 * len(variants)]
+    for epoch in sorted({p["epoch"] for p in points}):
+        cells = []
+        for variant in variants:
+            mine = sorted(
+                (p for p in points if p["variant"] == variant and p["epoch"] == epoch), key=lambda p: p["seed"]
+            )
+            for measure in ("acc", "knn", "stability"):
+                values = [f"{p[measure]:.3f}" for p in mine if p[measure] is not None]
+                cells.append(" / ".join(values) or "-")
+        lines.append(f"| {epoch} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def plot(args: argparse.Namespace, points: list[dict], path: Path) -> None:
     """k-means ACC (left) and k-NN accuracy (right) against epoch: per variant the mean over
     the seeds (thick) and each seed (thin)."""
@@ -439,7 +458,7 @@ def plot(args: argparse.Namespace, points: list[dict], path: Path) -> None:
 
 
 def report(args: argparse.Namespace) -> None:
-    """Print the table and the state of every run, and write the ACC plot."""
+    """Print the table, the state of every run and the curve points, and write the plot."""
     rows = matching(read_results(args.results), **settings(args))
     points = matching(read_results(args.curve), **settings(args))
     print(table(rows))
@@ -447,6 +466,7 @@ def report(args: argparse.Namespace) -> None:
         print(f"\nk-means on the raw pixels of {DATASET}: ACC {RAW_KMEANS_ACC:.3f}")
     print("\n" + "\n".join(progress(args, rows, points)))
     if points:
+        print("\nThe curve points (each seed's value, seed order):\n" + curve_table(points))
         plot(args, points, Path(args.plot))
         print(f"\nWrote {args.plot}")
 
