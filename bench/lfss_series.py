@@ -469,6 +469,20 @@ def curve_table(points: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def decile_table(points: list[dict]) -> str:
+    """The accuracy of one k-means run's labels in each stability decile (least stable first),
+    per curve point that holds it."""
+    lines = [
+        "| run | seed | epoch | " + " | ".join(f"d{d}" for d in range(1, 11)) + " |",
+        "|---|---|---|" + "---|" * 10,
+    ]
+    for p in sorted(points, key=lambda p: (list(VARIANTS).index(p["variant"]), p["seed"], p["epoch"])):
+        if p.get("acc_by_stability_decile"):
+            cells = " | ".join(f"{a:.3f}" for a in p["acc_by_stability_decile"])
+            lines.append(f"| {NAMES[p['variant']]} | {p['seed']} | {p['epoch']} | {cells} |")
+    return "\n".join(lines)
+
+
 def plot(args: argparse.Namespace, points: list[dict], path: Path) -> None:
     """k-means ACC (left) and k-NN accuracy (right) against epoch: per variant the mean over
     the seeds (thick) and each seed (thin)."""
@@ -521,6 +535,7 @@ def report(args: argparse.Namespace) -> None:
     print("\n" + "\n".join(progress(args, rows, points)))
     if points:
         print("\nThe curve points (each seed's value, seed order):\n" + curve_table(points))
+        print("\nAccuracy by stability decile, least stable first (Observation 1):\n" + decile_table(points))
         plot(args, points, Path(args.plot))
         print(f"\nWrote {args.plot}")
 
