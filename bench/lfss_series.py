@@ -349,10 +349,11 @@ def branch(args: argparse.Namespace, variant: str, seed: int, overrides: dict) -
     metadata["settings"] |= overrides
     (partial / METADATA).write_text(json.dumps(metadata))
     parent_key, key = series_key(args, BRANCHES[variant], seed), series_key(args, variant, seed)
-    have = matching(read_results(args.curve), **key)
-    for point in matching(read_results(args.curve), **parent_key):
+    points = read_results(args.curve)
+    have = matching(points, **key)
+    for point in matching(points, **parent_key):
         if point["epoch"] <= epoch and not recorded(have, epoch=point["epoch"]):
-            append_result(args.curve, point | key | {"epoch": point["epoch"], "branched_from": BRANCHES[variant]})
+            append_result(args.curve, point | key | {"branched_from": BRANCHES[variant]})
     timing = json.loads(timing_path(parent).read_text())
     kept = {e: t for e, t in timing["epoch_seconds"].items() if int(e) <= epoch}
     timing_path(path).write_text(json.dumps({"epoch_seconds": kept, "attempts": 0}))
